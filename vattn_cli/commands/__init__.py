@@ -1,0 +1,13 @@
+"""CLI command modules. Each exposes ``register(app)``; add it to ``COMMANDS`` to wire it in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import typer
+
+from vattn_cli.commands import zoo as _zoo
+
+COMMANDS: list[Callable[[typer.Typer], None]] = [
+    _zoo.register,
+]

@@ -1,0 +1,1 @@
+"""Tables (pandas, CSV/JSON, rich) and plots (matplotlib) of measurements."""

@@ -1,0 +1,66 @@
+"""Divided space-time attention (TimeSformer's ``divided_space_time``), as the official code.
+
+Per block:
+
+1. temporal attention: each patch attends to the patches at the same position in every
+   frame (CLS left out), with its own norm and Q/K/V; the result goes through ``temporal_fc``
+   (initialised to zero, so training starts from the image model) and is added to the patches;
+2. spatial attention within each frame, the CLS token repeated into every frame; the T
+   outputs for the CLS token are averaged back into one;
+3. the MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vattn_cli.zoo.layers import Attention
+from vattn_cli.zoo.registry import register_scheme
+from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+
+
+@register_scheme("divided")
+class DividedAttention(SoftmaxBlock):
+    cls_token = "shared"
+    description = "temporal then spatial attention per block (TimeSformer divided_space_time)"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
+        self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.temporal_fc = nn.Linear(dim, dim)
+
+    def reset_temporal(self) -> None:
+        """Zero the temporal projection so the block starts as the image model's block."""
+        nn.init.zeros_(self.temporal_fc.weight)
+        nn.init.zeros_(self.temporal_fc.bias)
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        t, h, w = grid
+        cls, patches = x[:, :1], x[:, 1:]
+
+        tokens = rearrange(patches, "b (t h w) d -> (b h w) t d", t=t, h=h, w=w)
+        res = self.drop_path(self.temporal_attn(self.temporal_norm1(tokens)))
+        res = rearrange(res, "(b h w) t d -> b (t h w) d", h=h, w=w)
+        patches = patches + self.temporal_fc(res)
+
+        frames = rearrange(patches, "b (t n) d -> (b t) n d", t=t)
+        frames = torch.cat([cls.repeat_interleave(t, dim=0), frames], dim=1)
+        res = self.drop_path(self.attn(self.norm1(frames)))
+        res_cls = rearrange(res[:, :1], "(b t) 1 d -> b t d", t=t).mean(1, keepdim=True)
+        res_patches = rearrange(res[:, 1:], "(b t) n d -> b (t n) d", t=t)
+
+        x = torch.cat([cls + res_cls, patches + res_patches], dim=1)
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,21 @@
+"""Joint space-time attention (TimeSformer's ``joint_space_time``).
+
+One softmax attention over all ``T*H*W`` patch tokens and the CLS token: the most expressive
+and the most expensive scheme, quadratic in the number of tokens.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from vattn_cli.zoo.registry import register_scheme
+from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+
+
+@register_scheme("joint")
+class JointAttention(SoftmaxBlock):
+    cls_token = "shared"
+    description = "one attention over all space-time tokens (TimeSformer joint_space_time)"
+
+    def attend(self, x: Tensor, grid: Grid) -> Tensor:
+        return self.attn(x)
