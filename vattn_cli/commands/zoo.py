@@ -21,7 +21,7 @@ def zoo(
     check: str = typer.Option(
         None, "--check", help="Run the conformance suite on these schemes (names, module.path:Class, or all); exit 1 if a check fails."
     ),
-    device: str = typer.Option("cpu", help="Device for --check: auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="Device for --check: auto, cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for --check's random inputs."),
     csv: str = typer.Option(None, "--csv", help="Write the table as CSV to PATH, or '-' for stdout."),
     json_path: str = typer.Option(None, "--json", help="Write the table as JSON to PATH, or '-' for stdout."),

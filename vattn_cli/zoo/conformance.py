@@ -46,7 +46,10 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def _describe(obj: object) -> str:
-    return obj.__qualname__ if isinstance(obj, type) else f"a {type(obj).__name__}"
+    if isinstance(obj, type):
+        return obj.__qualname__
+    name = getattr(obj, "__name__", None)
+    return f"{name!r} (a {type(obj).__name__})" if name else f"a {type(obj).__name__}"
 
 
 def layout_tokens(grid: Grid, cls_token: str) -> int:
@@ -107,7 +110,7 @@ def interface_problems(obj: object) -> list[str]:
 
 def _output_problem(x: Tensor, out: object) -> str | None:
     if not isinstance(out, Tensor):
-        return f"returned {_describe(out)}, expected a Tensor"
+        return f"returned a {type(out).__name__}, expected a Tensor"
     if tuple(out.shape) != tuple(x.shape):
         return f"returned shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)}"
     if out.dtype != x.dtype:
@@ -164,10 +167,10 @@ def probe_first_forward(entry: Any, model: nn.Module) -> None:
 #: Ops fvcore has no handle for that the shared counter (``vattn_cli.measure.flops``) counts.
 COUNTED_ELSEWHERE = frozenset({"aten::scaled_dot_product_attention"})
 # aten ops that multiply-add (fvcore's convention counts only these); everything else in aten is
-# elementwise, reduction or data movement, which the convention leaves out.
+# elementwise, a reduction (norms included) or data movement, which the convention leaves out.
 _WORK_OP = re.compile(
     r"^aten::_?(.*mm|.*matmul.*|mv|addmv|dot|vdot|outer|ger|einsum|tensordot|kron|bilinear|linear"
-    r"|.*conv.*|.*attention.*|cdist|linalg_.*|fft_.*)$"
+    r"|.*conv.*|.*attention.*|cdist|linalg_(?!.*norm).*|fft_.*)$"
 )
 
 

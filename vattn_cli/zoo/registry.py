@@ -88,7 +88,8 @@ def register_scheme(name: str, *, source: str | None = None):
             raise ValueError(f"scheme {name!r} is already registered by {_SCHEMES[name].cls!r}")
         where = source or ("builtin" if cls.__module__.startswith("vattn_cli.") else f"python:{cls.__module__}")
         _SCHEMES[name] = SchemeEntry(name=name, cls=cls, source=where, options=scheme_options(cls))
-        cls.scheme_name = name
+        if "scheme_name" not in cls.__dict__:  # the first name stays (an import path may alias it)
+            cls.scheme_name = name
         return cls
 
     return decorate
