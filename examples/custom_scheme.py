@@ -50,19 +50,10 @@ class TemporalShiftAttention(SoftmaxBlock):
     uses_time_embed = True
     description = "attention within each frame after a temporal channel shift (TSM / TokShift)"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        shift_div: int = 8,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
+    def __init__(self, dim: int, num_heads: int, *, shift_div: int = 8, **block_args) -> None:
+        # block_args: the standard mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path,
+        # handed on to SoftmaxBlock, which builds the norms, the attention and the MLP.
+        super().__init__(dim, num_heads, **block_args)
         if shift_div < 2:
             raise ValueError(f"shift_div must be >= 2 (two slices move), got {shift_div}")
         self.fold = dim // shift_div

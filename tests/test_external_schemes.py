@@ -215,6 +215,12 @@ def test_example_scheme_recreated_from_its_checkpoint_config(on_path) -> None:
     assert torch.equal(model.eval()(video), again.eval()(video))
 
 
+def test_scheme_constructor_error_names_the_scheme(on_path) -> None:
+    with pytest.raises(UsageError, match=rf"scheme '{EXAMPLE}' \(import:{EXAMPLE}\): building its block failed: "
+                       r"ValueError: shift_div must be >= 2"):
+        create_model(EXAMPLE, size="tiny", frames=2, img_size=32, shift_div=1)
+
+
 # -- entry points ----------------------------------------------------------------------------------
 
 def test_entry_point_scheme_is_discovered_and_marked(on_path) -> None:
@@ -227,6 +233,36 @@ def test_entry_point_scheme_is_discovered_and_marked(on_path) -> None:
     assert create_model("tshift", size="tiny", frames=2, img_size=32)(torch.randn(1, 3, 2, 32, 32)).shape == (1, 400)
     with pytest.raises(UsageError, match=r"scheme 'ghost' \(entry-point:vattn-bad-plugin\): loading .* failed"):
         scheme_entry("ghost")
+
+
+def test_entry_point_cannot_shadow_a_builtin(monkeypatch, tmp_path) -> None:
+    info = tmp_path / "shadow-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[vattn.schemes]\ndivided = os:system\nbad,name = os:system\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refresh_external()
+    try:
+        with pytest.warns(UserWarning) as caught:
+            names = list_schemes()
+        messages = " ".join(str(w.message) for w in caught)
+        assert "'divided' of shadow: that scheme name is taken" in messages
+        assert "'bad,name' of shadow: not a valid scheme name" in messages
+        assert names.count("divided") == 1 and "bad,name" not in names
+        assert scheme_entry("divided").source == "builtin"
+    finally:
+        monkeypatch.undo()
+        refresh_external()
+
+
+def test_bad_environment_entry_is_a_usage_error(monkeypatch) -> None:
+    monkeypatch.setenv("VATTN_SCHEMES", "custom_scheme.TemporalShiftAttention")
+    try:
+        with pytest.raises(UsageError, match="invalid VATTN_SCHEMES entry 'custom_scheme.TemporalShiftAttention'"):
+            list_schemes()
+    finally:
+        monkeypatch.undo()
+        refresh_external()
 
 
 def test_entry_points_in_the_zoo_table(plugins) -> None:

@@ -12,8 +12,8 @@ from vattn_cli.zoo.registry import SIZES, validate_setting
 
 def zoo(
     size: str = typer.Option("base", help="Size at which to count parameters: tiny, small, base, large."),
-    frames: int = typer.Option(None, help="Frames at which to count parameters and tokens [default: 8; 4 with --check]."),
-    img_size: int = typer.Option(None, "--img-size", help="Frame size in pixels (square) [default: 224; 112 with --check]."),
+    frames: int = typer.Option(None, help="Frames at which to count parameters and tokens (default 8; 4 with --check)."),
+    img_size: int = typer.Option(None, "--img-size", help="Frame size in pixels, square (default 224; 112 with --check)."),
     patch: int = typer.Option(16, help="Patch size in pixels."),
     scheme: str = typer.Option(
         None, "--scheme", help="List only these schemes: names, import paths module.path:Class, or all."
