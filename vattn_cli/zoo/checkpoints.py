@@ -89,10 +89,10 @@ def _plain(value: Any, where: str) -> Any:
     Caught at save time because a checkpoint that ``weights_only`` refuses is only found out
     when a resumed run dies on it.
     """
+    if isinstance(value, np.generic):  # before the leaves: np.float64 is a float subclass
+        return value.item()
     if isinstance(value, _LEAVES):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     if isinstance(value, os.PathLike):
@@ -155,15 +155,21 @@ def save_checkpoint(
     return Path(path)
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+def _first_line(text: Any) -> str:
+    """The first sentence of an exception's message (torch's run to paragraphs)."""
+    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    return line.split(". ")[0].rstrip(".")
 
 
 def _refusal_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that says what the file wanted to run."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reasons = [l for l in lines if not l.startswith(("Weights only load failed", "Check the documentation"))]
-    return reasons[0] if reasons else "it needs code to run"
+    """What the file wanted to run, from torch's (long, version-dependent) weights-only refusal."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1]
+    else:
+        detail = next((line for line in text.splitlines() if "GLOBAL" in line), "")
+    detail = _first_line(detail)
+    return f"it needs code from the file to run ({detail})" if detail else "it needs code from the file to run"
 
 
 def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
@@ -385,8 +391,6 @@ def _square(value: Any, what: str, source: Path) -> int:
 
 def hf_config(cfg: dict[str, Any], state: dict[str, Tensor], source: Path) -> dict[str, Any]:
     """Our model config for a HF ``TimesformerConfig`` dict (``config.json``)."""
-    if cfg.get("model_type", "timesformer") != "timesformer":
-        raise UsageError(f"checkpoint {source} is a Hugging Face {cfg.get('model_type')!r} model, not a TimeSformer")
     attention = cfg.get("attention_type", "divided_space_time")
     if attention not in OFFICIAL_SCHEMES:
         raise UsageError(f"checkpoint {source}: unknown attention_type {attention!r}; accepted: "
@@ -485,6 +489,8 @@ def load_checkpoint(
             cfg = json.loads((folder / "config.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"checkpoint {folder}/config.json is not valid JSON ({exc})") from None
+        if cfg.get("model_type", "timesformer") != "timesformer":
+            raise UsageError(f"checkpoint {folder} is a Hugging Face {cfg.get('model_type')!r} model, not a TimeSformer")
         state = hf_to_vattn_names(_read_hf_weights(folder), folder)
         return _build(hf_config(cfg, state, folder), state, folder, **overrides)
 
