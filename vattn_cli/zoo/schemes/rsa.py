@@ -94,26 +94,29 @@ class RelationalAttention(nn.Module):
         b = x.shape[0]
         t, h, w = grid
         q, k, v = self.qkv(x).split([self.heads * self.dk, self.dk, self.dv], dim=-1)
-        q = F.normalize(rearrange(q, "b n (h c) -> b n h c", h=self.heads), dim=-1, eps=NORM_EPS)
+        # Positions merge into one batch axis ``a = (b t y x)``: every einsum below is a batched
+        # matrix product, spelt as one of the two forms fvcore counts exactly (others it counts
+        # through numpy's 4-digit estimate).
+        q = F.normalize(rearrange(q, "b n (h c) -> (b n) c h", h=self.heads), dim=1, eps=NORM_EPS)
         k = F.normalize(k, dim=-1, eps=NORM_EPS)
         v = F.normalize(v, dim=-1, eps=NORM_EPS)
 
         # Kernel: H sums each key channel over the neighbourhood into dd latent dims; the
         # query then contracts the channels (relational), plus the query's own projection P.
         keys = self.key_conv(rearrange(k, "b (t y x) c -> b c t y x", t=t, y=h, x=w))
-        keys = rearrange(keys, "b (c d) t y x -> b (t y x) c d", d=self.dd).contiguous()
-        kernel = torch.einsum("bnhc,bncd->bnhd", q, keys + self.query_basis)
+        keys = rearrange(keys, "b (c d) t y x -> (b t y x) c d", d=self.dd).contiguous()
+        kernel = torch.einsum("ach,acd->ahd", q, keys + self.query_basis)
 
         # Context: each value channel is one single-channel volume (batch-folded), so one
         # convolution serves all channels; G's output against Hv's is the projected
         # value-value self-correlation, I adds the plain values.
         values = rearrange(v, "b (t y x) c -> (b c) 1 t y x", t=t, y=h, x=w)
-        latent = rearrange(self.context_conv(values), "(b c) d t y x -> b (t y x) c d", b=b).contiguous()
-        relation = rearrange(self.relation_conv(values), "(b c) e t y x -> b (t y x) c e", b=b).contiguous()
-        context = torch.einsum("bnce,bncd->bned", relation + self.context_mix, latent)
+        latent = rearrange(self.context_conv(values), "(b c) d t y x -> (b t y x) c d", b=b).contiguous()
+        relation = rearrange(self.relation_conv(values), "(b c) e t y x -> (b t y x) c e", b=b).contiguous()
+        context = torch.einsum("ace,acd->aed", relation + self.context_mix, latent)
 
-        out = torch.einsum("bnhd,bned->bnhe", kernel, context)
-        return self.proj_drop(self.proj(rearrange(out, "b n h e -> b n (h e)")))
+        out = torch.einsum("ahd,aed->aeh", kernel, context)
+        return self.proj_drop(self.proj(rearrange(out, "(b n) e h -> b n (h e)", b=b)))
 
 
 @register_scheme("rsa")
