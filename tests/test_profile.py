@@ -85,7 +85,7 @@ def test_in_process_run_breakdown_and_json(capsys, tmp_path) -> None:
 
 def test_run_setting_row_and_train_mode() -> None:
     setting = measure.expand(**TINY, modes=["train"], batches=[2])[0]
-    row = measure.run_setting(setting, repeats=3, warmup=1)
+    row = measure.run_setting(setting, options=measure.RunOptions(repeats=3, warmup=1))
     assert set(measure.ROW_COLUMNS) <= set(row) and row["status"] == "ok"
     assert row["mode"] == "train" and row["batch"] == 2 and row["repeats"] == 3
     assert row["throughput"] == pytest.approx(2000.0 / row["latency_ms"])
@@ -133,7 +133,7 @@ def test_a_crashing_worker_becomes_an_error_row(tmp_path) -> None:
     _crash_scheme(tmp_path)
     try:
         settings = measure.expand(schemes=["crash_test", "space"], models=["tiny"], frames=[2], sizes=[32])
-        frame = measure.sweep(settings, ["params", "latency"], repeats=1, warmup=0)
+        frame = measure.sweep(settings, ["params", "latency"], measure.RunOptions(repeats=1, warmup=0))
     finally:
         registry._SCHEMES.pop("crash_test", None)
         sys.modules.pop("vattn_test_crash_scheme", None)

@@ -106,9 +106,9 @@ def profile(
     seed_everything(seed)
     cache: dict = {}
     show_progress = not quiet and sys.stderr.isatty()
+    options = m.RunOptions(warmup=warmup, repeats=parse_repeats(repeats), budget_s=time_budget, seed=seed)
     frame = m.sweep(
-        settings, measures, warmup=warmup, repeats=parse_repeats(repeats), budget_s=time_budget, seed=seed,
-        peak_tflops=peaks, max_memory=cap, timeout_s=timeout, isolate=isolate, progress=show_progress,
+        settings, measures, options, peak_tflops=peaks, max_memory=cap, timeout_s=timeout, isolate=isolate, progress=show_progress,
         flops_cache=cache,
     )
     to_stdout = "-" in (csv, json_path)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from vattn_cli.measure.flops import FlopCount
 from vattn_cli.measure.run import empty_row, error_status, mfu, run_setting
-from vattn_cli.measure.setting import EXTRA_COLUMNS, MEASURES, ROW_COLUMNS, Setting
+from vattn_cli.measure.setting import EXTRA_COLUMNS, MEASURES, ROW_COLUMNS, RunOptions, Setting
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -67,22 +67,17 @@ def _crash_reason(code: int, stderr: str) -> str:
 def run_isolated(
     setting: Setting,
     measures: Sequence[str] = MEASURES,
-    warmup: int = 1,
-    repeats: int | str = "auto",
-    budget_s: float = 5.0,
-    seed: int = 0,
-    peak_tflops: float | None = None,
+    options: RunOptions = RunOptions(),
+    *,
     max_memory: int | None = None,
     timeout_s: float | None = None,
     flops: FlopCount | None = None,
-    threads: int | None = None,
 ) -> tuple[dict[str, Any], FlopCount | None]:
     """Measure ``setting`` in a fresh worker; returns its row and the FLOP count it made."""
     job = {
-        "setting": setting.to_dict(), "measures": list(measures), "warmup": warmup, "repeats": repeats,
-        "budget_s": budget_s, "seed": seed, "peak_tflops": peak_tflops, "max_memory": max_memory,
-        "flops": asdict(flops) if flops else None, "scheme_modules": scheme_modules(setting.scheme),
-        "threads": threads,
+        "setting": setting.to_dict(), "measures": list(measures), "options": asdict(options),
+        "max_memory": max_memory, "flops": asdict(flops) if flops else None,
+        "scheme_modules": scheme_modules(setting.scheme),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vattn-worker-") as tmp:
@@ -150,16 +145,12 @@ def _progress(enabled: bool, total: int):
 def sweep(
     settings: Sequence[Setting],
     measures: Sequence[str] = MEASURES,
+    options: RunOptions = RunOptions(),
     *,
-    warmup: int = 1,
-    repeats: int | str = "auto",
-    budget_s: float = 5.0,
-    seed: int = 0,
     peak_tflops: float | dict[str, float] | None = None,
     max_memory: int | None = None,
     timeout_s: float | None = None,
     isolate: bool = True,
-    threads: int | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     skip: Callable[[Setting], bool] | None = None,
     progress: bool = False,
@@ -186,12 +177,11 @@ def sweep(
                 bar.update(task, description=setting.label())
             known = cache.get(setting.geometry()) if "flops" in measures else None
             if isolate:
-                row, counted = run_isolated(setting, measures, warmup, repeats, budget_s, seed, None,
-                                            max_memory, timeout_s, known, threads)
+                row, counted = run_isolated(setting, measures, options, max_memory=max_memory,
+                                            timeout_s=timeout_s, flops=known)
             else:
                 found: list[FlopCount] = []
-                row = run_setting(setting, measures, warmup, repeats, budget_s, seed, None, known,
-                                  on_flops=found.append)
+                row = run_setting(setting, measures, options, flops=known, on_flops=found.append)
                 counted = found[0] if found else known
             if counted is not None:
                 cache[setting.geometry()] = counted

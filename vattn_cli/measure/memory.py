@@ -23,6 +23,8 @@ cap is ``torch.cuda.set_per_process_memory_fraction``.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import resource
 import sys
@@ -75,6 +77,16 @@ def vsz_bytes() -> int | None:
 def _maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def release_free_memory() -> None:
+    """Hand memory that was freed but kept by glibc's heap back to the OS (Linux, best effort),
+    so a baseline taken next is not inflated and a peak taken later is not hidden by reuse."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak_rss() -> bool:

@@ -1,7 +1,8 @@
 """Measure one setting in this process: parameters, FLOPs, latency, peak memory.
 
 Each measure runs on its own, so a setting whose timed run does not fit in memory still gets its
-parameter and FLOP counts, with ``status=oom``. :mod:`vattn_cli.measure.isolate` runs this in a
+parameter and FLOP counts, with ``status=oom``. The timed run comes before the FLOP trace: memory
+the trace freed could otherwise be reused by the run without showing in its peak. :mod:`vattn_cli.measure.isolate` runs this in a
 fresh worker process per setting, which is what makes the memory figure and the caps honest.
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 
 from vattn_cli.measure.flops import FlopCount, count_model_flops
-from vattn_cli.measure.memory import PeakMemory, is_oom
-from vattn_cli.measure.setting import MEASURES, ROW_COLUMNS, Setting
+from vattn_cli.measure.memory import PeakMemory, is_oom, release_free_memory
+from vattn_cli.measure.setting import MEASURES, ROW_COLUMNS, RunOptions, Setting
 from vattn_cli.measure.timing import Timing, time_step
 
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -88,10 +89,8 @@ def mfu(gflops: float | None, throughput: float | None, mode: str, peak_tflops: 
 def run_setting(
     setting: Setting,
     measures: Sequence[str] = MEASURES,
-    warmup: int = 1,
-    repeats: int | str = "auto",
-    budget_s: float = 5.0,
-    seed: int = 0,
+    options: RunOptions = RunOptions(),
+    *,
     peak_tflops: float | None = None,
     flops: FlopCount | None = None,
     on_flops: Callable[[FlopCount], None] | None = None,
@@ -122,27 +121,19 @@ def run_setting(
 
         attempt("params", params)
 
-    if "flops" in measures:
-        def count() -> None:
-            result = flops or count_model_flops(model_config(setting), device=setting.device)
-            row["gflops"], row["attn_gflops"] = result.gflops, result.attn_gflops
-            if on_flops is not None:
-                on_flops(result)
-
-        attempt("flops", count)
-
     if "latency" in measures or "memory" in measures:
         def execute() -> None:
-            torch.manual_seed(seed)
+            torch.manual_seed(options.seed)
             device = torch.device(setting.device)
             tracker = PeakMemory(device)
+            release_free_memory()
             tracker.start()
             with device:
                 model = setting.create_model()
             step = make_step(setting, model)
             if "latency" in measures:
-                timing: Timing = time_step(step, device, warmup=warmup, repeats=repeats, budget_s=budget_s,
-                                           batch=setting.batch)
+                timing: Timing = time_step(step, device, warmup=options.warmup, repeats=options.repeats,
+                                           budget_s=options.budget_s, batch=setting.batch)
                 row["latency_ms"], row["latency_iqr_ms"] = timing.median_ms, timing.iqr_ms
                 row["throughput"], row["repeats"] = timing.throughput, len(timing.times_s)
                 row["timed_s"] = timing.total_s
@@ -152,6 +143,15 @@ def run_setting(
                 row["peak_mem_mb"] = tracker.stop()
 
         attempt("run", execute)
+
+    if "flops" in measures:
+        def count() -> None:
+            result = flops or count_model_flops(model_config(setting), device=setting.device)
+            row["gflops"], row["attn_gflops"] = result.gflops, result.attn_gflops
+            if on_flops is not None:
+                on_flops(result)
+
+        attempt("flops", count)
 
     row["mfu"] = mfu(row["gflops"], row["throughput"], setting.mode, peak_tflops)
     row["wall_s"] = time.perf_counter() - started

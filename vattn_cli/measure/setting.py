@@ -91,6 +91,17 @@ class Setting:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How every setting of a sweep is measured: warm-up, repeats, time budget, seed, threads."""
+
+    warmup: int = 1
+    repeats: int | str = "auto"  # or ``auto``: fill ``budget_s`` (at least 3 runs)
+    budget_s: float = 5.0
+    seed: int = 0
+    threads: int | None = None  # torch threads in a worker; None: torch's default
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     """The identity of a row read back from a CSV, comparable with :meth:`Setting.key`."""
     return (str(row["scheme"]), str(row["model"]), int(row["frames"]), int(row["size"]), int(row["patch"]),

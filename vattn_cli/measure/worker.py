@@ -24,7 +24,7 @@ import torch
 from vattn_cli.measure.flops import FlopCount
 from vattn_cli.measure.memory import cap_address_space, cap_cuda
 from vattn_cli.measure.run import run_setting
-from vattn_cli.measure.setting import Setting
+from vattn_cli.measure.setting import RunOptions, Setting
 
 
 def import_scheme_modules(modules: list[list[str | None]]) -> None:
@@ -56,8 +56,9 @@ def warm_runtime(device: torch.device) -> None:
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
+    options = RunOptions(**job["options"])
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
     import_scheme_modules(job.get("scheme_modules", []))
     setting = Setting.from_dict(job["setting"])
     device = torch.device(setting.device)
@@ -69,10 +70,7 @@ def main(argv: list[str]) -> int:
             cap_address_space(int(job["max_memory"]))
     counted: list[FlopCount] = []
     flops = FlopCount(**job["flops"]) if job.get("flops") else None
-    row = run_setting(
-        setting, job["measures"], warmup=job["warmup"], repeats=job["repeats"], budget_s=job["budget_s"],
-        seed=job["seed"], peak_tflops=job.get("peak_tflops"), flops=flops, on_flops=counted.append,
-    )
+    row = run_setting(setting, job["measures"], options, flops=flops, on_flops=counted.append)
     result = {"row": row, "flops": asdict(counted[0]) if counted and flops is None else None}
     tmp = f"{result_path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
