@@ -42,7 +42,8 @@ def main() -> None:
         row = pd.read_csv(io.StringIO(out.stdout)).iloc[0]
         rows.append({"run": i + 1, "median_ms": row["latency_ms"], "iqr_ms": row["latency_iqr_ms"],
                      "iqr_over_median": row["latency_iqr_ms"] / row["latency_ms"], "repeats": row["repeats"],
-                     "timed_s": row["timed_s"], "wall_s": wall, "overhead_s": wall - row["timed_s"],
+                     "timed_s": row["timed_s"], "worker_s": row["wall_s"], "wall_s": wall,
+                     "overhead_s": wall - row["timed_s"],
                      "timed_share": row["timed_s"] / wall})
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

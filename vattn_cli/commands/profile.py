@@ -44,6 +44,7 @@ def profile(
     repeats: str = typer.Option("auto", "--repeats", help="Timed runs: N, or 'auto' to fill --time-budget."),
     time_budget: float = typer.Option(5.0, "--time-budget", min=0.0, help="Seconds of timed runs for --repeats auto (at least 3 runs)."),
     max_memory: str = typer.Option(None, "--max-memory", help="Cap per combination, e.g. 500MB, 2GB: past it the row is status=oom."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per worker [default: torch's, one per core]; 1 is steadier on a busy machine."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Seconds per combination before its worker is stopped."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Also print FLOPs per module (embed / attention / MLP / head)."),
     compile_: bool = typer.Option(False, "--compile", help="Time the torch.compile'd model (warm-up includes compilation)."),
@@ -106,7 +107,8 @@ def profile(
     seed_everything(seed)
     cache: dict = {}
     show_progress = not quiet and sys.stderr.isatty()
-    options = m.RunOptions(warmup=warmup, repeats=parse_repeats(repeats), budget_s=time_budget, seed=seed)
+    options = m.RunOptions(warmup=warmup, repeats=parse_repeats(repeats), budget_s=time_budget, seed=seed,
+                           threads=threads)
     frame = m.sweep(
         settings, measures, options, peak_tflops=peaks, max_memory=cap, timeout_s=timeout, isolate=isolate, progress=show_progress,
         flops_cache=cache,

@@ -103,6 +103,24 @@ def run_setting(
     unknown = set(measures) - set(MEASURES)
     if unknown:
         raise ValueError(f"unknown measures {sorted(unknown)}; accepted: {', '.join(MEASURES)}")
+    with torch_threads(options.threads):
+        return _measure(setting, measures, options, peak_tflops, flops, on_flops)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` torch CPU threads, restoring the caller's count afterwards."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(setting: Setting, measures: Sequence[str], options: RunOptions, peak_tflops: float | None,
+             flops: FlopCount | None, on_flops: Callable[[FlopCount], None] | None) -> dict[str, Any]:
     row = empty_row(setting)
     started = time.perf_counter()
     failures: list[str] = []

@@ -11,10 +11,12 @@ run maps, not what the runtime maps once for good.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -53,11 +55,20 @@ def warm_runtime(device: torch.device) -> None:
     (y.sum() + conv(torch.randn(2, 3, 16, 16, device=device)).sum()).backward()
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel stop this worker if the parent dies (killed, not just Ctrl-C)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
+    die_with_parent()
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     options = RunOptions(**job["options"])
-    if options.threads:
+    if options.threads:  # before the runtime warms up, so its pools have this size
         torch.set_num_threads(int(options.threads))
     import_scheme_modules(job.get("scheme_modules", []))
     setting = Setting.from_dict(job["setting"])
