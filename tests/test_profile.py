@@ -30,7 +30,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_sweep_with_one_oom_combination_exits_0_and_csv_has_the_contract() -> None:
     # Batch 128 of 8x224 clips is 770 MB of input alone: it cannot fit in 300 MB; batch 1 can.
     out = cli("--scheme", "divided", "--model", "tiny", "--frames", "8", "--size", "224", "--batch", "1,128",
-              "--max-memory", "300MB", "--warmup", "0", "--repeats", "2", "--csv", "-")
+              "--max-memory", "300MB", "--warmup", "0", "--repeats", "2", "--threads", "1", "--csv", "-")
     assert out.returncode == 0, out.stderr
     frame = pd.read_csv(io.StringIO(out.stdout))
     assert set(measure.ROW_COLUMNS) <= set(frame.columns)
@@ -72,7 +72,7 @@ def test_in_process_run_breakdown_and_json(capsys, tmp_path) -> None:
     target = tmp_path / "rows.json"
     with pytest.raises(SystemExit) as exit_:
         main(["profile", "--model", "tiny", "--scheme", "space,joint", "--frames", "2", "--size", "32",
-              "--no-isolate", "--repeats", "3", "--warmup", "0", "--breakdown", "--peak-tflops", "1.5",
+              "--no-isolate", "--repeats", "3", "--warmup", "0", "--threads", "1", "--breakdown", "--peak-tflops", "1.5",
               "--json", str(target)])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
@@ -85,9 +85,11 @@ def test_in_process_run_breakdown_and_json(capsys, tmp_path) -> None:
 
 def test_run_setting_row_and_train_mode() -> None:
     setting = measure.expand(**TINY, modes=["train"], batches=[2])[0]
-    row = measure.run_setting(setting, options=measure.RunOptions(repeats=3, warmup=1))
+    before = torch.get_num_threads()
+    row = measure.run_setting(setting, options=measure.RunOptions(repeats=3, warmup=1, threads=1))
     assert set(measure.ROW_COLUMNS) <= set(row) and row["status"] == "ok"
     assert row["mode"] == "train" and row["batch"] == 2 and row["repeats"] == 3
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
     assert row["throughput"] == pytest.approx(2000.0 / row["latency_ms"])
     assert row["latency_iqr_ms"] >= 0 and row["params_m"] > 0 and row["gflops"] > row["attn_gflops"] > 0
 
@@ -133,7 +135,7 @@ def test_a_crashing_worker_becomes_an_error_row(tmp_path) -> None:
     _crash_scheme(tmp_path)
     try:
         settings = measure.expand(schemes=["crash_test", "space"], models=["tiny"], frames=[2], sizes=[32])
-        frame = measure.sweep(settings, ["params", "latency"], measure.RunOptions(repeats=1, warmup=0))
+        frame = measure.sweep(settings, ["params", "latency"], measure.RunOptions(repeats=1, warmup=0, threads=1))
     finally:
         registry._SCHEMES.pop("crash_test", None)
         sys.modules.pop("vattn_test_crash_scheme", None)
