@@ -32,10 +32,11 @@ def _peak_from_flag(text: str | None, device, dtypes: list[str], calibrate_now: 
 def profile(
     scheme: str = typer.Option(None, "--scheme", help="Schemes, comma-separated, or 'all'."),
     model: str = typer.Option(None, "--model", help="Sizes (tiny, small, base, large) or presets (timesformer, "
-                              "timesformer-hr, timesformer-l); a preset sets scheme, frames and size unless given."),
-    frames: str = typer.Option(None, "--frames", help="Frames per clip, comma-separated [default: 8]."),
-    size: str = typer.Option(None, "--size", help="Frame resolution in pixels, comma-separated [default: 224]."),
-    patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated [default: 16]."),
+                              "timesformer-hr, timesformer-l), comma-separated (default base); a preset sets scheme, "
+                              "frames and size unless given."),
+    frames: str = typer.Option(None, "--frames", help="Frames per clip, comma-separated (default 8, or the preset's)."),
+    size: str = typer.Option(None, "--size", help="Frame resolution in pixels, comma-separated (default 224, or the preset's)."),
+    patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated (default 16)."),
     batch: str = typer.Option("1", "--batch", help="Clips per step, comma-separated."),
     mode: str = typer.Option("infer", "--mode", help="infer (forward) or train (forward+backward+AdamW step)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast), comma-separated."),
@@ -44,7 +45,7 @@ def profile(
     repeats: str = typer.Option("auto", "--repeats", help="Timed runs: N, or 'auto' to fill --time-budget."),
     time_budget: float = typer.Option(5.0, "--time-budget", min=0.0, help="Seconds of timed runs for --repeats auto (at least 3 runs)."),
     max_memory: str = typer.Option(None, "--max-memory", help="Cap per combination, e.g. 500MB, 2GB: past it the row is status=oom."),
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per worker [default: torch's, one per core]; 1 is steadier on a busy machine."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per worker (default: torch's, one per core); 1 is steadier on a busy machine."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Seconds per combination before its worker is stopped."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Also print FLOPs per module (embed / attention / MLP / head)."),
     compile_: bool = typer.Option(False, "--compile", help="Time the torch.compile'd model (warm-up includes compilation)."),
