@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from vattn_cli.commands._options import choice_list, int_list, resolve_device, seed_everything
+from vattn_cli.commands._options import choice_list, int_list, resolve_device, scheme_list, seed_everything
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console
 
@@ -91,7 +91,7 @@ def profile(
         raise UsageError("no scheme given; pass --scheme (accepted: " + ", ".join(list_schemes() + ["all"])
                          + ") or a preset --model")
     settings = m.expand(
-        schemes=choice_list("--scheme", scheme, list_schemes()) if scheme else None,
+        schemes=scheme_list("--scheme", scheme) if scheme else None,
         models=choice_list("--model", model, list_models()) if model else None,
         frames=int_list("--frames", frames) if frames else None,
         sizes=int_list("--size", size) if size else None,

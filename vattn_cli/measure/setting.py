@@ -135,12 +135,10 @@ def expand(
     ``models`` are sizes or presets; a preset sets scheme, frames and size unless those lists are
     given. Raises :class:`UsageError` naming the first bad value.
     """
-    from vattn_cli.zoo.registry import list_schemes, resolve_model, validate_setting
+    from vattn_cli.zoo.registry import resolve_model, resolve_scheme_names, validate_setting
 
-    accepted = list_schemes()
-    if schemes is not None:
-        schemes = ["__all__"] if list(schemes) == ["all"] else list(schemes)
-        schemes = accepted if schemes == ["__all__"] else _choices("--scheme", schemes, accepted)
+    if schemes is not None:  # registered names, import paths (module:Class) and "all"
+        schemes = resolve_scheme_names(list(schemes))
     _choices("--mode", modes, MODES)
     _choices("--dtype", dtypes, DTYPES)
     for flag, values in (("--frames", frames), ("--size", sizes), ("--patch", patches), ("--batch", batches)):
