@@ -32,7 +32,9 @@ memory grows with ``N * T * kh * kw`` per group of rows, and odd grid sizes need
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import groupby, product
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +56,78 @@ def window_starts(n: int, k: int) -> list[int]:
     return [min(max(i - (k - 1) // 2, 0), n - k) for i in range(n)]
 
 
-def _sdpa(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop if attn.training else 0.0)
+class _Plan(NamedTuple):
+    """Who attends to whom, as SDPA calls over gathered tokens.
+
+    Call ``i`` runs ``G_i`` independent attentions (batched): row ``g`` of its query indices
+    attends to row ``g`` of ``keys [G_i, Lk_i]``. The query indices of all calls, concatenated,
+    are ``order``, a permutation of the tokens; ``inverse`` undoes it.
+    """
+
+    order: Tensor
+    inverse: Tensor
+    calls: tuple[tuple[int, int, Tensor], ...]  # (G, Lq, keys [G, Lk])
 
 
-def _project(attn: Attention, out: Tensor) -> Tensor:
-    return attn.proj_drop(attn.proj(rearrange(out, "b h n d -> b n (h d)")))
+def _plan(calls: list[tuple[Tensor, Tensor]]) -> _Plan:
+    order = torch.cat([q.flatten() for q, _ in calls])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return _Plan(order, inverse, tuple((q.shape[0], q.shape[1], k) for q, k in calls))
+
+
+@lru_cache(maxsize=32)
+def local_plan(grid: Grid, device: torch.device) -> _Plan:
+    """Step 1 over patch tokens: one call per run of rows sharing a window start, columns batched."""
+    t, h, w = grid
+    kh, kw = local_extent(h), local_extent(w)
+    idx = torch.arange(grid.patches, device=device).view(t, h, w)
+    cols = torch.tensor(window_starts(w, kw), device=device)[:, None] + torch.arange(kw, device=device)
+    calls, row = [], 0
+    for start, members in groupby(window_starts(h, kh)):
+        rows = slice(row, row + len(list(members)))
+        row = rows.stop
+        calls.append((
+            rearrange(idx[:, rows], "t r w -> w (t r)"),
+            rearrange(idx[:, start:start + kh][:, :, cols], "t r w c -> w (t r c)"),
+        ))
+    return _plan(calls)
+
+
+@lru_cache(maxsize=32)
+def global_plan(grid: Grid, device: torch.device) -> _Plan:
+    """Step 2 over ``[CLS, patches]``: the CLS query over all tokens, then the 8 parity groups."""
+    idx = torch.arange(1, 1 + grid.patches, device=device).view(*grid)
+    cls = idx.new_zeros(1)
+    calls = [(cls[None], torch.cat([cls, idx.flatten()])[None])]
+    for pt, ph, pw in product(range(2), repeat=3):
+        group = idx[pt::2, ph::2, pw::2].flatten()
+        if group.numel():  # an axis of length 1 has no odd positions
+            calls.append((group[None], torch.cat([cls, group])[None]))
+    return _plan(calls)
+
+
+def attend_planned(attn: Attention, x: Tensor, plan: _Plan) -> Tensor:
+    """``attn`` over ``x [B, N, D]`` restricted to ``plan``: unmasked SDPA on gathered tokens.
+
+    Tokens are gathered as whole rows (D contiguous values) before the heads are split, which
+    keeps the copies cheap; nothing of size N x N is formed.
+    """
+    b, _, d = x.shape
+    q, k, v = (z.contiguous() for z in attn.qkv(x).chunk(3, dim=-1))  # Attention's "(three h d)"
+    q = q.index_select(1, plan.order)
+    outs, start = [], 0
+    for g, lq, keys in plan.calls:
+        qg = q[:, start:start + g * lq].reshape(b * g, lq, attn.num_heads, -1).transpose(1, 2)
+        kg, vg = (
+            z.index_select(1, keys.flatten()).view(b * g, keys.shape[1], attn.num_heads, -1).transpose(1, 2)
+            for z in (k, v)
+        )
+        res = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=attn.attn_drop if attn.training else 0.0)
+        outs.append(res.transpose(1, 2).reshape(b, g * lq, d))
+        start += g * lq
+    out = torch.cat(outs, dim=1).index_select(1, plan.inverse)
+    return attn.proj_drop(attn.proj(out))
 
 
 @register_scheme("local_global")
@@ -90,40 +158,11 @@ class LocalGlobalAttention(SoftmaxBlock):
 
     def local_attention(self, x: Tensor, grid: Grid) -> Tensor:
         """Step 1 on normalised patch tokens ``[B, T*H*W, D]`` (no CLS)."""
-        t, h, w = grid
-        kh, kw = local_extent(h), local_extent(w)
-        q, k, v = (z.unflatten(2, (t, h, w)) for z in self.local_attn.qkv_heads(x))
-        out = q.new_empty(q.shape)
-        col_starts = torch.tensor(window_starts(w, kw), device=x.device)
-        cols = col_starts[:, None] + torch.arange(kw, device=x.device)  # [W, kw]
-        row = 0
-        for start, members in groupby(window_starts(h, kh)):
-            rows = slice(row, row + len(list(members)))
-            row = rows.stop
-            qs = rearrange(q[:, :, :, rows], "b n t r w d -> (b w) n (t r) d")
-            ks, vs = (
-                rearrange(z[:, :, :, start:start + kh][..., cols, :], "b n t r w c d -> (b w) n (t r c) d")
-                for z in (k, v)
-            )
-            res = _sdpa(self.local_attn, qs, ks, vs)
-            out[:, :, :, rows] = rearrange(res, "(b w) n (t r) d -> b n t r w d", w=w, t=t)
-        return _project(self.local_attn, out.flatten(2, 4))
+        return attend_planned(self.local_attn, x, local_plan(grid, x.device))
 
     def global_attention(self, x: Tensor, grid: Grid) -> Tensor:
         """Step 2 on normalised tokens ``[B, 1 + T*H*W, D]`` (CLS first)."""
-        t, h, w = grid
-        q, k, v = self.attn.qkv_heads(x)
-        out = q.new_empty(q.shape)
-        out[:, :, :1] = _sdpa(self.attn, q[:, :, :1], k, v)
-        grids = [z[:, :, 1:].unflatten(2, (t, h, w)) for z in (q, k, v, out)]
-        for pt, ph, pw in product(range(2), repeat=3):
-            group = (slice(None), slice(None), slice(pt, None, 2), slice(ph, None, 2), slice(pw, None, 2))
-            qg, kg, vg, og = (z[group] for z in grids)
-            if qg.numel() == 0:  # an axis of length 1 has no odd positions
-                continue
-            kg, vg = (torch.cat([z[:, :, :1], zg.flatten(2, 4)], dim=2) for z, zg in ((k, kg), (v, vg)))
-            og.copy_(_sdpa(self.attn, qg.flatten(2, 4), kg, vg).reshape(og.shape))
-        return _project(self.attn, out)
+        return attend_planned(self.attn, x, global_plan(grid, x.device))
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         cls, patches = x[:, :1], x[:, 1:]
