@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         if row["status"] != "ok":
             failed = True
             continue
-        row["vs_baseline"] = row["forward_ms"] / ref if ref else float("nan")
+        if ref:
+            row["vs_baseline"] = row["forward_ms"] / ref
         if args.limit_gb is not None:
             row["within_limit"] = row["peak_mem_mb"] <= args.limit_gb * 1024
             failed |= not row["within_limit"]
