@@ -24,10 +24,12 @@ The paper describes it in one sentence and released no code; this is our reading
    uses the block's ``norm1``/``attn``, the image model's attention, as divided's spatial step.
 3. The MLP.
 
-Both steps go through ``scaled_dot_product_attention`` with no mask: the local step gathers each
-group of queries' window (queries sharing a window start, all columns at once, one group of
-rows at a time), the global step slices the 8 parity groups. No N x N tensor is ever built, so
-memory grows with ``N * T * kh * kw`` per group of rows, and odd grid sizes need no padding.
+Both steps go through ``scaled_dot_product_attention`` with no mask, on gathered tokens (a plan
+cached per grid, see :func:`local_plan` and :func:`global_plan`): the local step runs one call
+per run of rows that share a window start (``H - kh + 1`` calls, the ``W`` columns batched, each
+column's queries from all frames attending to its ``T x kh x kw`` window); the global step runs
+one call for the CLS query and one per parity group. No N x N tensor is ever built: the largest
+gather is ``W x T*kh*kw`` tokens per call, and odd grid sizes need no padding.
 """
 
 from __future__ import annotations
