@@ -208,7 +208,9 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, plan_: Plan, figu
         "**Growth exponent**: the least-squares slope of log(cost) against log(tokens). 1 means the cost "
         "grows in proportion to the tokens, 2 quadratically. *all* fits every point where the cost was "
         "measured (FLOPs are counted even where the run ran out of memory); *top* fits the larger-token "
-        "half (at least 2 points; shown from 3), nearer the asymptote.", "",
+        "half (at least 2 points; shown from 3), nearer the asymptote. In the figures an x marks a "
+        "combination that ran out of memory: at its cost where that was measured anyway, at the top edge "
+        "of the panel where not.", "",
     ]
     names = {f.stem: f.name for f in figures if f.suffix == ".png"}
     header = ("| scheme | points | tokens | GFLOPs all | GFLOPs top | latency all | latency top | "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from vattn_cli.atomic import atomic_open
 _MARKERS = "osD^v<>ph*P"
 #: How an out-of-memory point is drawn, in the colour of its group.
 OOM_STYLE = dict(marker="x", markersize=10, markeredgewidth=2.4, linestyle="none")
-OOM_LABEL = "x: out of memory (at the top edge where not measured)"
+OOM_LABEL = "out of memory"
 
 
 def group_styles(names: Sequence[str]) -> dict[str, dict]:
@@ -45,11 +46,17 @@ def group_styles(names: Sequence[str]) -> dict[str, dict]:
 
 
 def panels(count: int, suptitle: str | None = None, width: float = 5.0, height: float = 4.3) -> tuple[Figure, list[Axes]]:
-    """A figure with ``count`` panels side by side (constrained layout: labels never overlap)."""
-    fig = Figure(figsize=(width * count, height), layout="constrained")
+    """A figure with ``count`` panels side by side (constrained layout: labels never overlap).
+
+    The title is wrapped to the figure's width: constrained layout makes room for it in height
+    only, so a long one would run off both sides of a single panel.
+    """
+    size = (max(width * count, 6.5), height)
+    fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(1, count, squeeze=False)[0]
     if suptitle:
-        fig.suptitle(suptitle, fontsize=12)
+        chars = int(size[0] * 8.5)  # about what fits at 12 pt
+        fig.suptitle("\n".join(textwrap.fill(line, chars) for line in suptitle.splitlines()), fontsize=12)
     return fig, list(axes)
 
 
@@ -123,6 +130,7 @@ def log_log(ax: Axes, xlabel: str, ylabel: str, title: str, xticks: Iterable[flo
     in plain numbers when there are few enough to read."""
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.margins(x=0.08)  # room for the markers of the first and last points beside the spines
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, pad=12)
@@ -149,7 +157,7 @@ def _readable_log_y(ax: Axes) -> None:
         if len(ticks) >= 3:
             break
     ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
@@ -162,12 +170,14 @@ def empty_panel(ax: Axes, title: str, message: str = "not measured") -> None:
 
 
 def legend_below(fig: Figure, styles: dict[str, dict], with_oom: bool = False) -> None:
-    """One legend for all panels, below them: the groups, and the out-of-memory marker."""
+    """One legend for all panels, below them: the groups, and the out-of-memory marker
+    (an ``x`` at the point's value where it was measured, at the panel's top edge where not)."""
     handles = [Line2D([], [], color=s["color"], marker=s["marker"], linewidth=1.6, label=name)
                for name, s in styles.items()]
     if with_oom:
         handles.append(Line2D([], [], color="0.2", label=OOM_LABEL, **OOM_STYLE))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+    per_row = max(1, int(fig.get_figwidth() // 1.6))  # entries that fit side by side
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), per_row), frameon=False)
 
 
 def save_figure(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "svg"),
