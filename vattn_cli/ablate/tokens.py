@@ -67,7 +67,7 @@ class Plan:
         if len(self.sizes) > 1:
             found.append(("size", f"resolution {_span(self.sizes)} px at {self.base_frames} frames"))
         if self.grid and len(self.frames) > 1 and len(self.sizes) > 1:
-            found.append(("grid", f"every combination of frames {_span(self.frames)} and {_span(self.sizes)} px"))
+            found.append(("grid", f"frames {_span(self.frames)} × resolution {_span(self.sizes)} px, every combination"))
         return found
 
     def members(self, frame: pd.DataFrame, sweep: str) -> pd.DataFrame:
