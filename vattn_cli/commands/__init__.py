@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 import typer
 
+from vattn_cli.commands import ablate as _ablate
 from vattn_cli.commands import profile as _profile
 from vattn_cli.commands import zoo as _zoo
 
 COMMANDS: list[Callable[[typer.Typer], None]] = [
     _zoo.register,
     _profile.register,
+    _ablate.register,
 ]

@@ -6,7 +6,10 @@ import sys
 
 import typer
 
-from vattn_cli.commands._options import choice_list, int_list, resolve_device, scheme_list, seed_everything
+from vattn_cli.commands._measure_flags import (
+    Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, TimeBudget, Timeout, Warmup, parse_measure_flags,
+)
+from vattn_cli.commands._options import choice_list, int_list, scheme_list
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console
 
@@ -38,24 +41,24 @@ def profile(
     size: str = typer.Option(None, "--size", help="Frame resolution in pixels, comma-separated (default 224, or the preset's)."),
     patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated (default 16)."),
     batch: str = typer.Option("1", "--batch", help="Clips per step, comma-separated."),
-    mode: str = typer.Option("infer", "--mode", help="infer (forward) or train (forward+backward+AdamW step)."),
+    mode: Mode = "infer",
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast), comma-separated."),
-    measure: str = typer.Option("all", "--measure", help="params,flops,latency,memory or 'all'."),
-    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed runs before timing."),
-    repeats: str = typer.Option("auto", "--repeats", help="Timed runs: N, or 'auto' to fill --time-budget."),
-    time_budget: float = typer.Option(5.0, "--time-budget", min=0.0, help="Seconds of timed runs for --repeats auto (at least 3 runs)."),
-    max_memory: str = typer.Option(None, "--max-memory", help="Cap per combination, e.g. 500MB, 2GB: past it the row is status=oom."),
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per worker (default: torch's, one per core); 1 is steadier on a busy machine."),
-    timeout: float = typer.Option(None, "--timeout", min=1.0, help="Seconds per combination before its worker is stopped."),
+    measure: Measure = "all",
+    warmup: Warmup = 1,
+    repeats: Repeats = "auto",
+    time_budget: TimeBudget = 5.0,
+    max_memory: MaxMemory = None,
+    threads: Threads = None,
+    timeout: Timeout = None,
     breakdown: bool = typer.Option(False, "--breakdown", help="Also print FLOPs per module (embed / attention / MLP / head)."),
     compile_: bool = typer.Option(False, "--compile", help="Time the torch.compile'd model (warm-up includes compilation)."),
     peak_tflops: str = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s for the mfu column, or 'cached' (from --calibrate)."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Measure and cache this machine's matmul peak; adds mfu."),
-    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One worker process per combination (honest memory, survives OOM)."),
+    isolate: Isolate = True,
     csv: str = typer.Option(None, "--csv", help="Write rows as CSV to PATH, or '-' for stdout."),
     json_path: str = typer.Option(None, "--json", help="Write rows as JSON to PATH, or '-' for stdout."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seed for weights and inputs."),
+    device: Device = "auto",
+    seed: Seed = 0,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, no progress bar; only the files asked for."),
 ) -> None:
     """Measure params, FLOPs, latency, throughput and peak memory of every combination.
@@ -69,14 +72,14 @@ def profile(
     Example: vattn profile --scheme all --frames 8,32 --size 224 --max-memory 4GB --csv -
     """
     from vattn_cli import measure as m
-    from vattn_cli.measure.memory import parse_size
     from vattn_cli.measure.run import model_config
-    from vattn_cli.measure.timing import parse_repeats
     from vattn_cli.zoo.registry import list_models, list_schemes
 
-    torch_device = resolve_device(device)
+    flags = parse_measure_flags(device=device, measure=measure, warmup=warmup, repeats=repeats,
+                                time_budget=time_budget, seed=seed, threads=threads, max_memory=max_memory,
+                                isolate=isolate)
+    torch_device = flags.device
     dtypes = choice_list("--dtype", dtype, list(m.DTYPES))
-    measures = choice_list("--measure", measure, list(m.MEASURES))
     peaks = _peak_from_flag(peak_tflops, torch_device, dtypes, calibrate)
     if scheme is None and model is None:
         if calibrate:  # `vattn profile --calibrate` alone: show and exit
@@ -102,16 +105,11 @@ def profile(
         device=torch_device.type,
         compile=compile_,
     )
-    cap = parse_size(max_memory)
-    if cap and not isolate:
-        raise UsageError("--max-memory needs worker processes; drop --no-isolate")
-    seed_everything(seed)
     cache: dict = {}
     show_progress = not quiet and sys.stderr.isatty()
-    options = m.RunOptions(warmup=warmup, repeats=parse_repeats(repeats), budget_s=time_budget, seed=seed,
-                           threads=threads)
     frame = m.sweep(
-        settings, measures, options, peak_tflops=peaks, max_memory=cap, timeout_s=timeout, isolate=isolate, progress=show_progress,
+        settings, flags.measures, flags.options, peak_tflops=peaks, max_memory=flags.max_memory, timeout_s=timeout,
+        isolate=isolate, progress=show_progress,
         flops_cache=cache,
     )
     to_stdout = "-" in (csv, json_path)
