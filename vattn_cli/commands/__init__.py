@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import typer
 
+from vattn_cli.commands import data as _data
 from vattn_cli.commands import zoo as _zoo
 
 COMMANDS: list[Callable[[typer.Typer], None]] = [
     _zoo.register,
+    _data.register,
 ]
