@@ -183,9 +183,16 @@ def test_cli_synth_then_check(tmp_path: Path) -> None:
     rows = json.loads(bad.stdout)
     assert [(r["line"], Path(r["path"]).name) for r in rows] == [(3, "nowhere.mp4"), (4, "broken.mp4")]
     assert "ERROR opening" not in bad.stderr  # decord's own log is kept off the terminal
-    for args in (["data", "synth", "--out", str(tmp_path / "x"), "--task", "colour"],
-                 ["data", "synth", "--out", str(tmp_path / "x"), "--size", "33"],
-                 ["data", "check", str(tmp_path / "none.csv")]):
-        usage = run(*args)
-        lines = [line for line in usage.stderr.splitlines() if line.strip()]
-        assert usage.returncode == 2 and len(lines) == 1 and lines[0].startswith("vattn: error:"), usage.stderr
+
+
+@pytest.mark.parametrize("args", [["data", "synth", "--out", "X", "--task", "colour"],
+                                  ["data", "synth", "--out", "X", "--size", "33"],
+                                  ["data", "check", "X/none.csv"]])
+def test_cli_usage_errors(tmp_path: Path, capsys, args: list[str]) -> None:
+    from vattn_cli.cli import main  # in-process: the same entry point, without a fresh interpreter
+
+    with pytest.raises(SystemExit) as code:
+        main([a.replace("X", str(tmp_path / "x")) for a in args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code.value.code == 2 and len(lines) == 1 and lines[0].startswith("vattn: error:"), lines
+    assert not (tmp_path / "x").exists()

@@ -50,6 +50,8 @@ class VideoInfo:
 def _short(exc: BaseException) -> str:
     """decord's message without its log timestamps, source paths and stack traces."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("Error reading "):  # decord's open failure; its log had the detail
+        return "unrecognised format or truncated file"
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
     text = re.sub(r"Check failed: .*?\) ", "", text)
     return text.strip() or type(exc).__name__
