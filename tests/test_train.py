@@ -21,6 +21,7 @@ from vattn_cli.zoo import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _clips import RandomClips  # noqa: E402
+from _fake_data_cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CLI = ROOT / "tests" / "_fake_data_cli.py"
@@ -97,6 +98,15 @@ def test_resume_of_a_complete_run_trains_nothing(tmp_path: Path) -> None:
     again = train(_config(tmp_path, epochs=1, resume=True), train_data=train_set, val_data=val_set)
     assert again.step == first.step and again.history == first.history
     _assert_same_weights(first.model.state_dict(), again.model.state_dict())
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_autocast_dtypes_train(tmp_path: Path, dtype: str) -> None:
+    train_set, val_set = _data()
+    out = train(_config(tmp_path, epochs=2, dtype=dtype, save_every=0), train_data=train_set, val_data=val_set)
+    losses = [row["train_loss"] for row in out.history]
+    assert all(math.isfinite(x) for x in losses) and losses[1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in out.model.parameters())  # autocast: weights stay fp32
 
 
 def test_run_folder_guards(tmp_path: Path) -> None:
@@ -219,10 +229,12 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path: Path) -> None:
     assert [[r[k] for k in EXACT] for r in rows] == [[r[k] for k in EXACT] for r in ref_rows]
 
 
-def test_resume_with_other_flags_is_one_line_exit_2(tmp_path: Path) -> None:
+def test_resume_with_other_flags_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     train_set, val_set = _data()
     train(_config(tmp_path, epochs=1), train_data=train_set, val_data=val_set)
-    proc = _cli("train", "--out", str(tmp_path), "--resume", "--frames", "8")
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert err.strip().count("\n") == 0 and "--frames 8 does not match" in err, err
+    code = run_cli(["train", "--out", str(tmp_path), "--resume", "--frames", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "--frames 8 does not match" in err, err
+    code = run_cli(["train", "--out", str(tmp_path), "--data", "random", "--frames", "2"])  # no --resume
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a run" in err and err.strip().count("\n") == 0, err

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -363,7 +364,9 @@ class _Run:
             self.acc["lr"] = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            with warnings.catch_warnings():  # fp16: the scaler skips steps with inf gradients; the schedule goes on
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
             self.step += 1
             self.batches_done = b + 1
             t2 = time.perf_counter()
