@@ -70,9 +70,12 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (at the end of a CLI command, not inside the library calls)."""
+    """Leave the process group (at the end of a CLI command, not inside the library calls).
+
+    No barrier: ``train`` and ``evaluate`` end in collectives already, and after an error on
+    one rank a barrier would hang the others instead of letting them exit.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
