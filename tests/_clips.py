@@ -7,8 +7,18 @@ Same item format (``dict(video, label, index)``; train ``[3, T, S, S]``, eval
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import Dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: deterministic and fast on a busy 2-core machine (OpenMP spinning costs more than it gives)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class RandomClips(Dataset):

@@ -14,7 +14,7 @@ import torch
 from vattn_cli.engine import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _clips import RandomClips  # noqa: E402
+from _clips import RandomClips, one_thread  # noqa: E402,F401  (autouse fixture)
 from _fake_data_cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,6 @@ def test_torchrun_two_processes_train_and_eval_like_one(tmp_path: Path, monkeypa
     # (SGD, because Adam turns the rounding noise of gradients that are ~0, like the key bias's, into lr-sized steps.)
     for key, value in DATA_ENV.items():
         monkeypatch.setenv(key, value)
-    torch.set_num_threads(1)
     single = train(
         TrainConfig(out_dir=str(tmp_path / "single"), scheme="divided", data="random", frames=2, size=16, patch=8,
                     epochs=2, batch=8, seed=4, device="cpu", optimizer="sgd"),

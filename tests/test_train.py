@@ -20,22 +20,13 @@ from vattn_cli.errors import UsageError
 from vattn_cli.zoo import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _clips import RandomClips  # noqa: E402
+from _clips import RandomClips, one_thread  # noqa: E402,F401  (autouse fixture)
 from _fake_data_cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CLI = ROOT / "tests" / "_fake_data_cli.py"
-# One thread: deterministic and fast on a busy 2-core machine (OpenMP spinning costs more than it gives).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TINY = {"dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.2, "drop_rate": 0.1}  # dropout: RNG matters
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _config(out: Path, **kw) -> TrainConfig:

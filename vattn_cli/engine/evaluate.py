@@ -255,28 +255,23 @@ def eval_checkpoint(
     ckpt: str,
     data: Any,
     *,
-    views: tuple[int, int] | str = (1, 1),
+    device: str = "auto",
+    seed: int = 0,
     frames: int | None = None,
     size: int | None = None,
     batch: int = 8,
     dtype: str = "fp32",
-    workers: int = 0,
-    device: str = "auto",
-    seed: int = 0,
-    root: str | None = None,
-    cache_dir: str | None = None,
-    data_options: dict[str, Any] | None = None,
-    per_class: bool = False,
-    progress: ProgressHook | None = None,
+    **options: Any,
 ) -> CheckpointEval:
     """Load any checkpoint ``load_checkpoint`` reads and :func:`evaluate` it (``vattn eval``).
 
     Refuses (usage error) files that are not checkpoints, truncated ones, pickles that would
-    run code, and a data set with more classes than the checkpoint's head.
+    run code, and a data set with more classes than the checkpoint's head. ``options`` go to
+    :func:`evaluate` (``views``, ``workers``, ``per_class``, ``root``, ``progress``...).
     """
     from vattn_cli.commands._options import resolve_device, seed_everything
 
-    views = parse_views(views)
+    parse_views(options.get("views", (1, 1)))  # bad flags fail before the checkpoint is read
     if dtype not in DTYPES:
         raise one_of("--dtype", dtype, list(DTYPES))
     cp = checkpoints()
@@ -290,9 +285,8 @@ def eval_checkpoint(
     model = model.to(info.device)
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
-    result = evaluate(model, data, views=views, frames=frames, size=size, batch=batch, dtype=dtype, workers=workers,
-                      seed=seed, root=root, cache_dir=cache_dir, data_options=data_options, per_class=per_class,
-                      progress=progress, dist_info=info)
+    result = evaluate(model, data, frames=frames, size=size, batch=batch, dtype=dtype, seed=seed, dist_info=info,
+                      **options)
     peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else float("nan")
     return CheckpointEval(
         result=result, model_config=model.config.to_dict(), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
