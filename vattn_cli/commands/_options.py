@@ -63,3 +63,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def scheme_list(flag: str, text: str) -> list[str]:
+    """Parse a scheme list: registered names, import paths ``module.path:Class``, and ``all``.
+
+    ``all`` (every registered and discovered scheme) may sit beside import paths
+    (``all,my_mod:MyAttention``). Each is resolved now (an import path is imported and checked), so a bad one fails with one
+    line before any work starts; ``all`` is every registered and discovered scheme.
+    """
+    from vattn_cli.zoo.registry import list_schemes, scheme_entry
+
+    names: list[str] = []
+    for item in split_list(flag, text):
+        for name in list_schemes() if item == "all" else [item]:
+            if name not in names:
+                names.append(name)
+    for name in names:
+        scheme_entry(name)
+    return names

@@ -10,13 +10,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from vattn_cli.atomic import atomic_open
 
 #: Console for everything meant for people when stdout carries data.
 def _console(stderr: bool) -> Console:
@@ -31,18 +31,8 @@ stdout_console = _console(stderr=False)
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 def _json_records(frame: pd.DataFrame) -> str:

@@ -1,5 +1,6 @@
 """The model zoo: one backbone, pluggable attention schemes, presets, checkpoint import."""
 
+from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from vattn_cli.zoo.registry import (
     PRESETS,
     SIZES,
@@ -16,12 +17,6 @@ from vattn_cli.zoo.scheme import Grid, PreNormBlock, SchemeBlock, SoftmaxBlock
 __all__ = [
     "PRESETS", "SIZES", "Grid", "PreNormBlock", "SchemeBlock", "SoftmaxBlock", "create_model",
     "create_model_from_config", "get_scheme", "list_models", "list_schemes", "load_checkpoint",
-    "register_scheme", "token_count",
+    "read_checkpoint", "register_scheme", "save_checkpoint", "token_count",
 ]
 
-
-def load_checkpoint(path, **kwargs):
-    """Load a model from our checkpoint, an official TimeSformer ``.pyth`` or a HF directory."""
-    from vattn_cli.zoo.checkpoints import load_checkpoint as _load
-
-    return _load(path, **kwargs)

@@ -75,7 +75,7 @@ class VideoTransformer(nn.Module):
         if config.pos_embed not in POS_EMBED_MODES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, got {config.pos_embed!r}")
         self.config = config
-        block_cls = get_scheme(config.scheme)
+        block_cls = get_scheme(config.scheme, allow_import=False)  # a config never imports code
         self.cls_mode = block_cls.cls_token
         dim, grid_side = config.dim, config.img_size // config.patch
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from vattn_cli.errors import UsageError
+from vattn_cli.zoo import external
 from vattn_cli.zoo.registry import DEFAULTS, PRESETS, SIZES, create_model, list_schemes, scheme_entry, token_count
 
 
@@ -19,20 +21,41 @@ def count_params(name: str, **kwargs) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def zoo_frame(size: str = "base", frames: int = 8, img_size: int = 224, patch: int = 16) -> pd.DataFrame:
-    """One row per scheme, size and preset, with parameters at the given setting."""
+def _scheme_row(name: str, size: str, frames: int, img_size: int, patch: int) -> dict:
+    entry = scheme_entry(name)
+    return {
+        "kind": "scheme", "name": name, "scheme": name, "size": size, "frames": frames,
+        "img_size": img_size, "patch": patch,
+        "tokens": token_count(name, frames, img_size, patch),
+        "params_m": count_params(name, size=size, frames=frames, img_size=img_size, patch=patch) / 1e6,
+        "source": entry.source,
+        "options": ", ".join(f"{k}={v}" for k, v in entry.options.items()),
+        "description": entry.cls.description,
+    }
+
+
+def zoo_frame(
+    size: str = "base", frames: int = 8, img_size: int = 224, patch: int = 16, schemes: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per scheme, size and preset, with parameters at the given setting.
+
+    With ``schemes`` (names or import paths), only those schemes, and any of them that cannot
+    be loaded is a usage error. Without, every scheme is listed, sizes and presets too, and an
+    external scheme that fails to load (a broken plugin) shows its error in its row instead of
+    hiding the rest of the zoo.
+    """
     rows = []
-    for name in list_schemes():
-        entry = scheme_entry(name)
-        rows.append({
-            "kind": "scheme", "name": name, "scheme": name, "size": size, "frames": frames,
-            "img_size": img_size, "patch": patch,
-            "tokens": token_count(name, frames, img_size, patch),
-            "params_m": count_params(name, size=size, frames=frames, img_size=img_size, patch=patch) / 1e6,
-            "source": entry.source,
-            "options": ", ".join(f"{k}={v}" for k, v in entry.options.items()),
-            "description": entry.cls.description,
-        })
+    for name in schemes or list_schemes():
+        try:
+            rows.append(_scheme_row(name, size, frames, img_size, patch))
+        except UsageError as exc:
+            if schemes:
+                raise
+            rows.append({"kind": "scheme", "name": name, "scheme": name, "size": size, "frames": frames,
+                         "img_size": img_size, "patch": patch, "source": external.pending_source(name) or "external",
+                         "description": f"error: {exc}"})
+    if schemes:
+        return pd.DataFrame(rows)
     for name, spec in SIZES.items():
         rows.append({
             "kind": "size", "name": name, "scheme": "divided", "size": name,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vattn_cli.errors import UsageError, one_of
+from vattn_cli.zoo import external
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ class Preset:
 class SchemeEntry:
     name: str
     cls: type
-    source: str = "builtin"  # "builtin", or where an external scheme came from
+    # "builtin"; "entry-point:<dist>", "import:<module:Class>" or "python:<module>" when external
+    source: str = "builtin"
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def external(self) -> bool:
+        return self.source != "builtin"
 
 
 SIZES: dict[str, ModelSize] = {
@@ -66,8 +72,12 @@ _SCHEMES: dict[str, SchemeEntry] = {}
 _BUILTINS_LOADED = False
 
 
-def register_scheme(name: str, *, source: str = "builtin"):
-    """Class decorator: register a :class:`~vattn_cli.zoo.scheme.SchemeBlock` under ``name``."""
+def register_scheme(name: str, *, source: str | None = None):
+    """Class decorator: register a :class:`~vattn_cli.zoo.scheme.SchemeBlock` under ``name``.
+
+    ``source`` defaults to ``builtin`` for classes inside vattn and ``python:<module>`` for a
+    class registered from the user's own code.
+    """
 
     def decorate(cls: type) -> type:
         from vattn_cli.zoo.scheme import SchemeBlock
@@ -76,8 +86,10 @@ def register_scheme(name: str, *, source: str = "builtin"):
             raise TypeError(f"scheme {name!r}: {cls!r} is not a SchemeBlock subclass")
         if name in _SCHEMES and _SCHEMES[name].cls is not cls:
             raise ValueError(f"scheme {name!r} is already registered by {_SCHEMES[name].cls!r}")
-        _SCHEMES[name] = SchemeEntry(name=name, cls=cls, source=source, options=scheme_options(cls))
-        cls.scheme_name = name
+        where = source or ("builtin" if cls.__module__.startswith("vattn_cli.") else f"python:{cls.__module__}")
+        _SCHEMES[name] = SchemeEntry(name=name, cls=cls, source=where, options=scheme_options(cls))
+        if "scheme_name" not in cls.__dict__:  # the first name stays (an import path may alias it)
+            cls.scheme_name = name
         return cls
 
     return decorate
@@ -91,22 +103,68 @@ def _load_builtins() -> None:
 
 
 def list_schemes() -> list[str]:
-    """Names of every registered scheme, built-in first, in registration order."""
+    """Every scheme name: built-in first, then registered and discovered external ones.
+
+    Entry points (group ``vattn.schemes``) and ``VATTN_SCHEMES`` are listed without importing
+    them; :func:`scheme_entry` imports one when it is used.
+    """
     _load_builtins()
-    return list(_SCHEMES)
+    return list(_SCHEMES) + external.discover(_SCHEMES)
 
 
-def scheme_entry(name: str) -> SchemeEntry:
-    """The registry entry for ``name``; a usage error naming the accepted schemes otherwise."""
-    _load_builtins()
-    if name not in _SCHEMES:
-        raise one_of("scheme", name, list(_SCHEMES))
+def _register_external(name: str, obj: object, source: str) -> SchemeEntry:
+    from vattn_cli.zoo.conformance import interface_problems
+
+    problems = interface_problems(obj)
+    if problems:
+        raise UsageError(f"scheme {name!r} ({source}) breaks the scheme interface: " + "; ".join(problems))
+    register_scheme(name, source=source)(obj)
     return _SCHEMES[name]
 
 
-def get_scheme(name: str) -> type:
-    """The block class registered as ``name``."""
-    return scheme_entry(name).cls
+def scheme_entry(name: str, *, allow_import: bool = True) -> SchemeEntry:
+    """The registry entry for ``name``; a usage error naming the accepted schemes otherwise.
+
+    ``name`` may be an import path ``module.path:Class``; it is imported and registered under
+    that string on first use, unless ``allow_import`` is false: code that got the name from a
+    file (a checkpoint's config) passes false, so a file never makes vattn import a module.
+    Entry points and ``VATTN_SCHEMES`` are the user's own choice and load either way.
+    """
+    _load_builtins()
+    if name in _SCHEMES:
+        return _SCHEMES[name]
+    external.discover(_SCHEMES)
+    pending = external.take(name)
+    if pending is not None:
+        try:
+            return _register_external(name, pending.load(), pending.source)
+        except UsageError:
+            external.put_back(pending)
+            raise
+    if external.is_import_path(name):
+        if not allow_import:
+            raise UsageError(
+                f"scheme {name!r} is an external scheme that is not loaded, and vattn never imports "
+                f"code because a file names it; if you trust it, name it yourself: --scheme {name} "
+                f"or {external.ENV_VAR}={name}"
+            )
+        return _register_external(name, external.import_object(name), f"import:{name}")
+    raise one_of("scheme", name, list_schemes() + ["module.path:Class"])
+
+
+def get_scheme(name: str, *, allow_import: bool = True) -> type:
+    """The block class registered as ``name`` (see :func:`scheme_entry`)."""
+    return scheme_entry(name, allow_import=allow_import).cls
+
+
+def unregister_scheme(name: str) -> None:
+    """Remove ``name`` from the registry (tests registering throw-away schemes)."""
+    _SCHEMES.pop(name, None)
+
+
+def refresh_external() -> None:
+    """Scan entry points and ``VATTN_SCHEMES`` again on the next look-up (e.g. after a plugin install)."""
+    external.refresh()
 
 
 _BLOCK_ARGS = {"self", "dim", "num_heads", "mlp_ratio", "qkv_bias", "norm_eps", "drop", "attn_drop", "drop_path"}
@@ -191,7 +249,7 @@ def create_model(
     ``drop_path_rate``), the position embeddings (``pos_embed``: ``space-time``, ``space``,
     ``none``), or pass the scheme's own options (see ``vattn zoo``).
     """
-    from vattn_cli.zoo.backbone import VideoTransformer, VideoTransformerConfig
+    from vattn_cli.zoo.backbone import VideoTransformerConfig
 
     if name in PRESETS:
         setting = resolve_model(name, None, size, frames, img_size, patch, num_classes)
@@ -217,19 +275,42 @@ def create_model(
         frames=setting["frames"], img_size=setting["img_size"], patch=setting["patch"],
         num_classes=setting["num_classes"], scheme_options=options,
     )
-    return VideoTransformer(VideoTransformerConfig(**arch))
+    return _build(VideoTransformerConfig(**arch))
+
+
+def _build(config):
+    """Build the model; an external scheme that breaks the interface gets one clear error.
+
+    The first-forward probe runs once here, for external schemes only: the forward pass itself
+    stays unwrapped, so normal runs pay nothing.
+    """
+    from vattn_cli.zoo.backbone import VideoTransformer
+
+    entry = scheme_entry(config.scheme, allow_import=False)
+    if not entry.external:
+        return VideoTransformer(config)
+    from vattn_cli.zoo.conformance import probe_first_forward
+
+    try:
+        model = VideoTransformer(config)
+    except Exception as exc:
+        raise UsageError(
+            f"scheme {entry.name!r} ({entry.source}): building its block failed: {type(exc).__name__}: {exc}"
+        ) from None
+    probe_first_forward(entry, model)
+    return model
 
 
 def create_model_from_config(config: dict[str, Any]):
     """Rebuild a model from the ``config`` dict saved with it (``model.config``)."""
-    from vattn_cli.zoo.backbone import VideoTransformer, VideoTransformerConfig
+    from vattn_cli.zoo.backbone import VideoTransformerConfig
 
     fields = VideoTransformerConfig.__dataclass_fields__
     unknown = set(config) - set(fields)
     if unknown:
         raise UsageError(f"checkpoint config has unknown keys: {', '.join(sorted(unknown))}")
-    scheme_entry(config["scheme"])
-    return VideoTransformer(VideoTransformerConfig(**config))
+    scheme_entry(config["scheme"], allow_import=False)  # a file never triggers an import
+    return _build(VideoTransformerConfig(**config))
 
 
 def token_count(scheme: str, frames: int, img_size: int, patch: int) -> int:

@@ -16,7 +16,8 @@ Token layouts, chosen by the class attribute ``cls_token``:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
 
@@ -46,11 +47,17 @@ class SchemeBlock(nn.Module):
     * ``cls_token``: the token layout (see the module docstring).
     * ``uses_time_embed``: whether the backbone adds a temporal position embedding.
     * ``description``: one line for ``vattn zoo``.
+    * ``flop_handles`` (optional): ``{"namespace::op": handle}`` fvcore op handles for custom
+      ops the scheme calls (``handle(inputs, outputs) -> flops``), so FLOP counts include them.
+
+    The contract is checked by :mod:`vattn_cli.zoo.conformance` (``vattn zoo --check``);
+    ``docs/adding-a-scheme.md`` is the guide.
     """
 
     cls_token: ClassVar[ClsMode] = "shared"
     uses_time_embed: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    flop_handles: ClassVar[dict[str, Callable[..., Any]]] = {}
 
     def __init__(
         self,
