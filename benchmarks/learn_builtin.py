@@ -13,6 +13,7 @@ reversal; chance is 50%.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vattn_cli.engine import TrainConfig, evaluate, train
-from vattn_cli.zoo import list_schemes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vattn_cli.engine import TrainConfig, evaluate, train  # noqa: E402
+from vattn_cli.zoo import list_schemes  # noqa: E402
 
 
 def pair_accuracy(scores: torch.Tensor, labels: torch.Tensor, pairs: list[tuple[int, int]]) -> float:

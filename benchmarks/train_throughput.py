@@ -10,14 +10,18 @@ reads the figures its ``metrics.csv`` row reports (``clips_per_s``, ``data_wait_
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from vattn_cli.engine import TrainConfig, train
-from vattn_cli.zoo import list_schemes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vattn_cli.engine import TrainConfig, train  # noqa: E402
+from vattn_cli.zoo import list_schemes  # noqa: E402
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vattn_cli.engine import distributed as D
-from vattn_cli.engine.ckpt import checkpoints
 from vattn_cli.engine.data import PreparedData, make_data_loader, parse_views, prepare, rng_neutral_iter, views_text
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
 from vattn_cli.errors import UsageError, one_of
+from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -274,12 +274,11 @@ def eval_checkpoint(
     parse_views(options.get("views", (1, 1)))  # bad flags fail before the checkpoint is read
     if dtype not in DTYPES:
         raise one_of("--dtype", dtype, list(DTYPES))
-    cp = checkpoints()
     info = D.init_distributed(resolve_device(device))
     seed_everything(seed)
-    model = cp.load_checkpoint(ckpt, frames=frames, img_size=size)
+    model = load_checkpoint(ckpt, frames=frames, img_size=size)
     try:
-        epochs = cp.read_checkpoint(ckpt).get("epoch")
+        epochs = read_checkpoint(ckpt).get("epoch")
     except UsageError:  # an official .pyth or a Hugging Face folder: no training state
         epochs = None
     model = model.to(info.device)

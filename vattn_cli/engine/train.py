@@ -33,12 +33,12 @@ from torch import nn
 
 from vattn_cli import __version__
 from vattn_cli.engine import distributed as D
-from vattn_cli.engine.ckpt import checkpoints
 from vattn_cli.engine.data import PreparedData, is_builtin, make_data_loader, parse_views, prepare, rng_neutral_iter, set_epoch
 from vattn_cli.engine.evaluate import DTYPES, EvalResult, autocast, evaluate, unwrap
 from vattn_cli.engine.optim import DEFAULT_LR, OPTIMIZERS, build_optimizer, build_scheduler
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
 from vattn_cli.errors import UsageError, one_of
+from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint, restore_rng_states, save_checkpoint
 
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "clips_per_s", "epoch_time_s",
                    "data_wait_share"]
@@ -164,7 +164,7 @@ def read_run_config(out_dir: str | Path) -> TrainConfig | None:
     last = Path(out_dir) / "last.pt"
     if not last.exists():
         return None
-    ckpt = checkpoints().read_checkpoint(last)
+    ckpt = read_checkpoint(last)
     saved = (ckpt.get("extra") or {}).get("train_config")
     if saved is None:
         raise UsageError(f"{last} is not a checkpoint of a vattn training run; use a new --out")
@@ -213,7 +213,7 @@ def _init_model(config: TrainConfig) -> nn.Module:
     """Start from ``--init``: position embeddings resized to the run's clip (head fixed later)."""
     from vattn_cli.zoo.registry import PRESETS, SIZES
 
-    model = checkpoints().load_checkpoint(config.init, frames=config.frames, img_size=config.size)
+    model = load_checkpoint(config.init, frames=config.frames, img_size=config.size)
     got = model.config
     if config.scheme and config.scheme != got.scheme:
         raise UsageError(f"--scheme {config.scheme!r} does not match --init {config.init} (scheme {got.scheme!r})")
@@ -268,7 +268,6 @@ class _Run:
 
     def setup_model(self, ckpt: dict[str, Any] | None, init_model: nn.Module | None) -> None:
         config = self.config
-        cp = checkpoints()
         if ckpt is not None:
             from vattn_cli.zoo.registry import create_model_from_config
 
@@ -295,9 +294,9 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         if ckpt is not None:
-            self._restore(ckpt, cp)
+            self._restore(ckpt)
 
-    def _restore(self, ckpt: dict[str, Any], cp) -> None:
+    def _restore(self, ckpt: dict[str, Any]) -> None:
         extra = ckpt.get("extra") or {}
         if extra.get("steps_per_epoch") != self.steps_per_epoch:
             raise UsageError(
@@ -316,7 +315,7 @@ class _Run:
         self.history = [dict(row) for row in extra.get("history", [])]
         self.best_top1, self.best_epoch = extra.get("best_top1"), extra.get("best_epoch")
         self.resumed_from = self.step
-        cp.restore_rng_states(ckpt)
+        restore_rng_states(ckpt)
         if "rng" in mine:  # each rank's own dropout stream
             torch.set_rng_state(mine["rng"])
 
@@ -332,7 +331,7 @@ class _Run:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "num_classes": self.train_set.num_classes, "dataset": self.train_set.name,
         }
-        checkpoints().save_checkpoint(self.out / name, self.model, optimizer=self.optimizer,
+        save_checkpoint(self.out / name, self.model, optimizer=self.optimizer,
                                        scheduler=self.scheduler, epoch=self.epoch, step=self.step, extra=extra)
 
     def write_metrics(self) -> None:
@@ -482,7 +481,7 @@ def train(
     if last.exists():
         if not config.resume:
             raise UsageError(f"{out} already holds a run (last.pt); pass --resume to continue it or use a new --out")
-        ckpt = checkpoints().read_checkpoint(last)
+        ckpt = read_checkpoint(last)
         saved = (ckpt.get("extra") or {}).get("train_config")
         if saved is None:
             raise UsageError(f"{last} is not a checkpoint of a vattn training run; use a new --out")
