@@ -7,11 +7,13 @@ from collections.abc import Callable
 import typer
 
 from vattn_cli.commands import eval as _eval
+from vattn_cli.commands import profile as _profile
 from vattn_cli.commands import train as _train
 from vattn_cli.commands import zoo as _zoo
 
 COMMANDS: list[Callable[[typer.Typer], None]] = [
     _zoo.register,
+    _profile.register,
     _train.register,
     _eval.register,
 ]

@@ -72,13 +72,6 @@ def scheme_list(flag: str, text: str) -> list[str]:
     (``all,my_mod:MyAttention``). Each is resolved now (an import path is imported and checked), so a bad one fails with one
     line before any work starts; ``all`` is every registered and discovered scheme.
     """
-    from vattn_cli.zoo.registry import list_schemes, scheme_entry
+    from vattn_cli.zoo.registry import resolve_scheme_names
 
-    names: list[str] = []
-    for item in split_list(flag, text):
-        for name in list_schemes() if item == "all" else [item]:
-            if name not in names:
-                names.append(name)
-    for name in names:
-        scheme_entry(name)
-    return names
+    return resolve_scheme_names(split_list(flag, text), label=flag)

@@ -102,7 +102,7 @@ def interpolate_time(embed: Tensor, frames: int) -> Tensor:
 
 def interpolate_space(embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     """Resize a ``[1, P*P, D]`` spatial embedding to ``[1, h*w, D]`` (nearest, as official)."""
-    n = int(embed.shape[1])  # an int also while tracing (fvcore), where sizes are tensors
+    n = int(embed.shape[1])  # int(): under torch.jit.trace (fvcore) sizes are tensors
     side = int(round(n**0.5))
     if side * side != n:
         raise ValueError(f"spatial position embedding of {n} tokens is not a square grid")

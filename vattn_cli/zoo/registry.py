@@ -122,7 +122,7 @@ def _register_external(name: str, obj: object, source: str) -> SchemeEntry:
     return _SCHEMES[name]
 
 
-def scheme_entry(name: str, *, allow_import: bool = True) -> SchemeEntry:
+def scheme_entry(name: str, *, allow_import: bool = True, label: str = "scheme") -> SchemeEntry:
     """The registry entry for ``name``; a usage error naming the accepted schemes otherwise.
 
     ``name`` may be an import path ``module.path:Class``; it is imported and registered under
@@ -149,7 +149,7 @@ def scheme_entry(name: str, *, allow_import: bool = True) -> SchemeEntry:
                 f"or {external.ENV_VAR}={name}"
             )
         return _register_external(name, external.import_object(name), f"import:{name}")
-    raise one_of("scheme", name, list_schemes() + ["module.path:Class"])
+    raise one_of(label, name, list_schemes() + ["module.path:Class"])
 
 
 def get_scheme(name: str, *, allow_import: bool = True) -> type:
@@ -317,3 +317,19 @@ def token_count(scheme: str, frames: int, img_size: int, patch: int) -> int:
     """Tokens a clip becomes: ``frames * (img_size/patch)^2``, +1 where the scheme has a CLS token."""
     cls_mode = get_scheme(scheme).cls_token
     return frames * (img_size // patch) ** 2 + (0 if cls_mode == "none" else 1)
+
+
+def resolve_scheme_names(items: list[str] | tuple[str, ...], label: str = "--scheme") -> list[str]:
+    """Expand ``all`` and check every name: registered names, import paths and ``all``.
+
+    Each name is resolved now (an import path is imported and checked), so a bad one fails with
+    one line before any work starts. Order is kept and duplicates dropped.
+    """
+    names: list[str] = []
+    for item in items:
+        for name in list_schemes() if item == "all" else [item]:
+            if name not in names:
+                names.append(name)
+    for name in names:
+        scheme_entry(name, label=label)
+    return names

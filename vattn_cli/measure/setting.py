@@ -1,0 +1,163 @@
+"""One measured combination (:class:`Setting`), the sweep grid, and the row contract.
+
+A setting is plain data (JSON round-trips it), so a worker process can rebuild the model from
+it and studies such as ``ablate tokens`` can key resumable CSVs on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vattn_cli.errors import UsageError, one_of
+
+#: Columns every measurement row carries, in this order (the contract).
+ROW_COLUMNS = [
+    "scheme", "model", "frames", "size", "patch", "tokens", "batch", "mode", "dtype", "device",
+    "params_m", "gflops", "attn_gflops", "latency_ms", "latency_iqr_ms", "throughput",
+    "peak_mem_mb", "status",
+]
+#: Extra columns ``profile`` adds after the contract's (additive).
+EXTRA_COLUMNS = ["mfu", "repeats", "timed_s", "wall_s"]
+
+MODES = ("infer", "train")
+DTYPES = ("fp32", "bf16", "fp16")
+MEASURES = ("params", "flops", "latency", "memory")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything that decides one row: the model, the clip, and how it is run."""
+
+    scheme: str
+    model: str  # what the user named: a size (``base``) or a preset (``timesformer``)
+    arch: str  # the size it resolves to (``base``)
+    frames: int
+    img_size: int
+    patch: int = 16
+    batch: int = 1
+    mode: str = "infer"
+    dtype: str = "fp32"
+    device: str = "cpu"
+    num_classes: int = 400
+    compile: bool = False
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)  # scheme options
+
+    @property
+    def tokens(self) -> int:
+        from vattn_cli.zoo.registry import token_count
+
+        return token_count(self.scheme, self.frames, self.img_size, self.patch)
+
+    def geometry(self) -> tuple:
+        """What the FLOP count depends on (not batch, mode, dtype or device)."""
+        return (self.scheme, self.arch, self.frames, self.img_size, self.patch, self.num_classes, self.options)
+
+    def key(self) -> tuple:
+        """The row's identity, for resuming a sweep (compare with :func:`row_key`)."""
+        return (self.scheme, self.model, self.frames, self.img_size, self.patch, self.batch, self.mode,
+                self.dtype, self.device)
+
+    def label(self) -> str:
+        return (f"{self.scheme} {self.model} {self.frames}x{self.img_size}/{self.patch} b{self.batch} "
+                f"{self.mode} {self.dtype}")
+
+    def create_model(self):
+        """Build the model on the current default device (``with torch.device(...)``)."""
+        from vattn_cli.zoo import create_model
+
+        return create_model(self.scheme, size=self.arch, frames=self.frames, img_size=self.img_size,
+                            patch=self.patch, num_classes=self.num_classes, scheme_options=dict(self.options))
+
+    def row_base(self) -> dict[str, Any]:
+        """The identifying columns of this setting's row."""
+        return {
+            "scheme": self.scheme, "model": self.model, "frames": self.frames, "size": self.img_size,
+            "patch": self.patch, "tokens": self.tokens, "batch": self.batch, "mode": self.mode,
+            "dtype": self.dtype, "device": self.device,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = [list(kv) for kv in self.options]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Setting:
+        data = dict(data)
+        data["options"] = tuple((k, v) for k, v in data.get("options", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How every setting of a sweep is measured: warm-up, repeats, time budget, seed, threads."""
+
+    warmup: int = 1
+    repeats: int | str = "auto"  # or ``auto``: fill ``budget_s`` (at least 3 runs)
+    budget_s: float = 5.0
+    seed: int = 0
+    threads: int | None = None  # torch threads in a worker; None: torch's default
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """The identity of a row read back from a CSV, comparable with :meth:`Setting.key`."""
+    return (str(row["scheme"]), str(row["model"]), int(row["frames"]), int(row["size"]), int(row["patch"]),
+            int(row["batch"]), str(row["mode"]), str(row["dtype"]), str(row["device"]))
+
+
+def _choices(name: str, values: Iterable[str], accepted: Sequence[str]) -> list[str]:
+    values = list(values)
+    for value in values:
+        if value not in accepted:
+            raise one_of(name, value, list(accepted))
+    return values
+
+
+def expand(
+    schemes: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    frames: Sequence[int] | None = None,
+    sizes: Sequence[int] | None = None,
+    patches: Sequence[int] | None = None,
+    batches: Sequence[int] = (1,),
+    modes: Sequence[str] = ("infer",),
+    dtypes: Sequence[str] = ("fp32",),
+    device: str = "cpu",
+    num_classes: int | None = None,
+    compile: bool = False,
+    options: dict[str, Any] | None = None,
+) -> list[Setting]:
+    """Every combination of the given lists, validated; presets fill what is not given.
+
+    ``models`` are sizes or presets; a preset sets scheme, frames and size unless those lists are
+    given. Raises :class:`UsageError` naming the first bad value.
+    """
+    from vattn_cli.zoo.registry import resolve_model, resolve_scheme_names, validate_setting
+
+    if schemes is not None:  # registered names, import paths (module:Class) and "all"
+        schemes = resolve_scheme_names(list(schemes))
+    _choices("--mode", modes, MODES)
+    _choices("--dtype", dtypes, DTYPES)
+    for flag, values in (("--frames", frames), ("--size", sizes), ("--patch", patches), ("--batch", batches)):
+        for value in values or ():
+            if int(value) < 1:
+                raise UsageError(f"invalid {flag} {value}; expected integers >= 1")
+    settings: list[Setting] = []
+    for model in models or [None]:
+        for scheme in schemes or [None]:
+            for f, s, p in itertools.product(frames or [None], sizes or [None], patches or [None]):
+                resolved = resolve_model(model, scheme, None, f, s, p, num_classes)
+                validate_setting(resolved["scheme"], resolved["size"], resolved["frames"],
+                                 resolved["img_size"], resolved["patch"])
+                for b, mode, dtype in itertools.product(batches, modes, dtypes):
+                    settings.append(Setting(
+                        scheme=resolved["scheme"], model=resolved["model"], arch=resolved["size"],
+                        frames=int(resolved["frames"]), img_size=int(resolved["img_size"]),
+                        patch=int(resolved["patch"]), batch=int(b), mode=mode, dtype=dtype, device=device,
+                        num_classes=int(resolved["num_classes"]), compile=compile,
+                        options=tuple(sorted((options or {}).items())),
+                    ))
+    return list(dict.fromkeys(settings))  # a preset and an explicit list may repeat a combination
