@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vattn_cli.engine import TrainConfig, evaluate, gflops_per_view, train
-from vattn_cli.engine.evaluate import accuracy, per_class_accuracy
+from vattn_cli.engine.evaluate import accuracy, per_class_accuracy, view_flops
 from vattn_cli.zoo import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,13 +68,19 @@ def test_accuracy_and_per_class_against_counting_by_hand() -> None:
     assert [(r["class"], r["clips"], r["top1"]) for r in rows] == [("a", 1, 0.0), ("b", 2, 50.0), ("c", 1, 0.0)]
 
 
-def test_gflops_per_view_grows_with_the_clip() -> None:
-    model = create_model("space", size="tiny", frames=2, img_size=32, num_classes=3)
-    one, two = gflops_per_view(model, 2, 32), gflops_per_view(model, 4, 32)
-    params = sum(p.numel() for n, p in model.named_parameters() if "blocks" in n and p.ndim == 2) / 1e9
-    tokens = 2 * (32 // 16) ** 2 + 2  # patches + per-frame CLS tokens
-    assert one >= params * tokens * 0.95  # every token goes through every block's matrices
-    assert two == pytest.approx(2 * one, rel=0.05)  # space attention: cost linear in frames (fvcore)
+def test_flops_per_view_count_attention_and_grow_with_the_clip() -> None:
+    model = create_model("joint", size="tiny", frames=2, img_size=32, num_classes=3)
+    for frames in (2, 4):
+        count = view_flops(model, frames, 32)
+        n = frames * (32 // 16) ** 2 + 1  # joint: every token (and the CLS) attends to every token
+        assert count.attn_gflops == pytest.approx(4 * 2 * n * n * 128 / 1e9)  # depth x (QK^T + AV) MACs
+        matrices = sum(p.numel() for name, p in model.named_parameters() if "blocks" in name and p.ndim == 2)
+        assert count.gflops >= count.attn_gflops + matrices * n / 1e9 * 0.99
+        assert gflops_per_view(model, frames, 32) == count.gflops
+    data = RandomClips(3, frames=2, size=32, train=False)
+    res = evaluate(model, data, views=(1, 1))  # the result row carries the same counts
+    assert (res.gflops_per_view, res.attn_gflops_per_view) == (view_flops(model, 2, 32).gflops,
+                                                               view_flops(model, 2, 32).attn_gflops)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -110,7 +116,7 @@ def test_eval_cli_row_has_accuracy_and_compute(trained: Path) -> None:
     row = frame.iloc[0]
     assert (row["scheme"], row["views"], row["frames"], row["size"], row["epochs"], row["clips"]) == (
         "divided", "2x3", 2, 16, 1, 12)
-    assert row["gflops"] > 0 and 0 <= row["top1"] <= row["top5"] <= 100 and row["status"] == "ok"
+    assert row["gflops"] > row["attn_gflops"] > 0 and 0 <= row["top1"] <= row["top5"] <= 100 and row["status"] == "ok"
     assert {"params_m", "tokens", "throughput", "dataset", "top1", "top5"} <= set(frame.columns)
     assert frame["clips"].iloc[1:].sum() == 12
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,28 +44,25 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def gflops_per_view(model: nn.Module, frames: int, size: int) -> float:
-    """GFLOPs of one view (one clip, batch 1), fvcore's convention (a fused multiply-add = 1).
+def view_flops(model: nn.Module, frames: int, size: int):
+    """FLOPs of one view (one clip, batch 1) from the shared counter (``vattn_cli.measure``).
 
-    The one place evaluation counts FLOPs, so it can later point at the shared counter in
-    ``vattn_cli.measure``. Until then fvcore counts ``scaled_dot_product_attention`` as 0, so
-    this undercounts attention.
+    fvcore's convention (a fused multiply-add = 1), attention kernels counted as their
+    matmuls; ``.gflops`` and ``.attn_gflops`` are what the result rows report.
     """
-    model = unwrap(model)
-    param = next(model.parameters())
-    clip = torch.zeros(1, model.config.in_chans, frames, size, size, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and torch.jit deprecation chatter
-            from fvcore.nn import FlopCountAnalysis
+    from vattn_cli.measure.flops import count_model_flops
 
-            counter = FlopCountAnalysis(model, (clip,))
-            counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            return float(counter.total()) / 1e9
+    net = unwrap(model)
+    state = torch.get_rng_state()  # the counter builds a twin model: leave the caller's RNG alone
+    try:
+        return count_model_flops(net, frames=frames, img_size=size, device=next(net.parameters()).device)
     finally:
-        model.train(was_training)
+        torch.set_rng_state(state)
+
+
+def gflops_per_view(model: nn.Module, frames: int, size: int) -> float:
+    """GFLOPs of one view of ``frames`` x ``size`` pixels (see :func:`view_flops`)."""
+    return view_flops(model, frames, size).gflops
 
 
 @dataclass
@@ -85,6 +81,7 @@ class EvalResult:
     labels: Tensor  # [n]
     per_class: list[dict[str, Any]] = field(default_factory=list)
     gflops_per_view: float | None = None
+    attn_gflops_per_view: float | None = None
     clips_per_s: float = float("nan")  # views per second through the model
     seconds: float = float("nan")
 
@@ -96,7 +93,7 @@ class EvalResult:
         """The accuracy columns of a result row (the caller adds the model's)."""
         return {
             "top1": self.top1, "top5": self.top5, "views": self.views_text, "dataset": self.dataset,
-            "clips": self.n, "gflops": self.gflops_per_view,
+            "clips": self.n, "gflops": self.gflops_per_view, "attn_gflops": self.attn_gflops_per_view,
             "throughput": self.clips_per_s,
         }
 
@@ -201,12 +198,13 @@ def evaluate(
     full_scores[idx] = gathered[:, 2:].float()
     full_labels[idx] = gathered[:, 1].long()
     seconds = max(D.all_gather_object(seconds, info))
+    count = view_flops(net, frames, size) if flops else None
     return EvalResult(
         top1=accuracy(full_scores, full_labels, 1), top5=accuracy(full_scores, full_labels, 5), n=n,
         views=views, num_classes=net.config.num_classes, dataset=prepared.name, frames=frames, size=size,
         scores=full_scores, labels=full_labels,
         per_class=per_class_accuracy(full_scores, full_labels, prepared.class_names) if per_class else [],
-        gflops_per_view=gflops_per_view(net, frames, size) if flops else None,
+        gflops_per_view=count.gflops if count else None, attn_gflops_per_view=count.attn_gflops if count else None,
         clips_per_s=n * views[0] * views[1] / seconds if seconds > 0 else float("nan"), seconds=seconds,
     )
 
@@ -236,7 +234,7 @@ class CheckpointEval:
             "scheme": cfg["scheme"], "model": cfg.get("model") or cfg.get("size"), "frames": res.frames,
             "size": res.size, "patch": cfg["patch"], "tokens": token_count(cfg["scheme"], res.frames, res.size, cfg["patch"]),
             "batch": self.batch, "mode": "infer", "dtype": self.dtype, "device": self.device, "params_m": self.params_m,
-            "gflops": res.gflops_per_view, "attn_gflops": float("nan"), "latency_ms": float("nan"),
+            "gflops": res.gflops_per_view, "attn_gflops": res.attn_gflops_per_view, "latency_ms": float("nan"),
             "latency_iqr_ms": float("nan"), "throughput": res.clips_per_s, "peak_mem_mb": self.peak_mem_mb,
             "status": "ok", "top1": res.top1, "top5": res.top5, "views": res.views_text, "epochs": self.epochs,
             "dataset": res.dataset, "clips": res.n, "checkpoint": self.checkpoint,
