@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--train-scale", default=None, help="LO,HI scale jitter (default: the data's)")
+    parser.add_argument("--train-clips", type=int, default=None, help="generate this many training videos per task "
+                        "(default: the built-in set's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/learn_builtin", help="one run folder per task/scheme (resumable)")
@@ -57,13 +60,16 @@ def main() -> None:
     for task in args.tasks.split(","):
         for scheme in schemes:
             start = time.perf_counter()
+            data_options = {"train": args.train_clips} if args.train_clips else {}
             config = TrainConfig(out_dir=str(Path(args.out) / task / scheme), scheme=scheme, data=f"builtin:{task}",
                                  model="tiny", frames=args.frames, size=args.size, epochs=args.epochs,
                                  batch=args.batch, lr=args.lr, workers=args.workers, seed=args.seed, device="cpu",
-                                 resume=True)
+                                 resume=True, train_scale=tuple(map(float, args.train_scale.split(",")))
+                                 if args.train_scale else None, data_options=data_options)
             result = train(config, on_epoch=lambda r, s=scheme, t=task: print(
                 f"  {t}/{s} epoch {r['epoch']}: loss {r['train_loss']:.3f} val top1 {r['val_top1']:.1f}", flush=True))
-            ev = evaluate(result.model, f"builtin:{task}", views=(1, 1), batch=16, workers=args.workers)
+            ev = evaluate(result.model, f"builtin:{task}", views=(1, 1), batch=16, workers=args.workers,
+                          data_options=data_options)
             rows.append({
                 "task": task, "scheme": scheme, "epochs": result.epochs, "top1": ev.top1, "top5": ev.top5,
                 "pair_acc": pair_accuracy(ev.scores, ev.labels, list(REVERSAL_PAIRS)) if task == "motion" else None,

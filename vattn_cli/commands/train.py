@@ -15,6 +15,22 @@ def _epoch_line(row: dict) -> str:
             f"{row['clips_per_s']:.1f} clips/s  {row['epoch_time_s']:.1f} s  data wait {100 * row['data_wait_share']:.0f}%")
 
 
+def _scale(text: str) -> tuple[float, float]:
+    from vattn_cli.errors import UsageError
+
+    try:
+        lo, hi = (float(_fraction(x)) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"invalid --train-scale {text!r}; expected LO,HI such as 1,1.15") from None
+    return lo, hi
+
+
+def _fraction(text: str) -> float:
+    """``"8/7"`` or ``"1.14"`` -> float."""
+    num, _, den = text.strip().partition("/")
+    return float(num) / float(den) if den else float(num)
+
+
 def train(
     scheme: str = typer.Option(None, help="Attention scheme (see vattn zoo); implied by a preset --model or --init."),
     data: str = typer.Option(None, help="Training list (path label / path,label) or builtin:motion, builtin:appearance."),
@@ -37,6 +53,9 @@ def train(
     workers: int = typer.Option(None, help="Data-loading worker processes. (default: 0)"),
     init: str = typer.Option(None, help="Start from this checkpoint (ours, official TimeSformer .pyth, HF folder)."),
     save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps. (default: 0 = each epoch only)"),
+    train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
+                                    "to a random LO..HI times --size before the random crop. (default: the data's, "
+                                    "8/7,10/7 as PySlowFast)"),
     val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS. (default: 1x1)"),
     out: Path = typer.Option(..., help="Run folder: config.json, metrics.csv, last.pt, best.pt."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it "
@@ -63,7 +82,7 @@ def train(
         "patch": patch, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "optimizer": optimizer, "dtype": dtype,
         "workers": workers, "init": init, "save_every": save_every, "val_views": val_views, "seed": seed,
-        "device": device,
+        "device": device, "train_scale": _scale(train_scale) if train_scale is not None else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if clip_grad is not None:

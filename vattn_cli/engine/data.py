@@ -77,6 +77,7 @@ def prepare(
     sampling: str = "uniform",
     sample_rate: int = 4,
     hflip: bool = False,
+    train_scale: tuple[float, float] | None = None,
     threads: int = 1,
 ) -> PreparedData:
     """Turn any accepted form of data into a :class:`PreparedData`."""
@@ -91,9 +92,10 @@ def prepare(
     spec = resolve_spec(data, split=split, root=root, cache_dir=cache_dir, data_options=data_options)
     from vattn_cli.data import VideoClipDataset
 
+    options = {"scale": tuple(train_scale)} if train and train_scale else {}
     dataset = VideoClipDataset(
         spec.items, frames=frames, size=size, sampling=sampling, sample_rate=sample_rate,
-        train=train, views=views, hflip=hflip and train, threads=threads, seed=seed,
+        train=train, views=views, hflip=hflip and train, threads=threads, seed=seed, **options,
     )
     return PreparedData(dataset, int(spec.num_classes), str(spec.name), list(spec.class_names or []) or None)
 

@@ -90,9 +90,14 @@ class TrainConfig:
     sampling: str = "uniform"
     sample_rate: int = 4
     hflip: bool = False
+    train_scale: tuple[float, float] | None = None  # short side / crop at training; None: the data's default
     resume: bool = False
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.train_scale is not None:  # a list from JSON and a tuple compare unequal on resume
+            self.train_scale = tuple(float(x) for x in self.train_scale)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +129,8 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
         parse_views(self.val_views)
+        if self.train_scale is not None and not (len(self.train_scale) == 2 and 0 < self.train_scale[0] <= self.train_scale[1]):
+            raise UsageError(f"invalid --train-scale {self.train_scale}; expected LO,HI with 0 < LO <= HI, e.g. 1,1.15")
 
 
 @dataclass
@@ -492,7 +499,7 @@ def train(
                   sampling=config.sampling, sample_rate=config.sample_rate)
     frames, size = _clip_shape(config, ckpt, init_model)
     train_set = prepare(train_data if train_data is not None else config.data, frames=frames, size=size, train=True,
-                        split="train", hflip=config.hflip, **common)
+                        split="train", hflip=config.hflip, train_scale=config.train_scale, **common)
     val_spec = val_data if val_data is not None else _resolve_val(config)
     val_set = None
     if val_spec is not None:
