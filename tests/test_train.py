@@ -109,6 +109,9 @@ def test_run_folder_guards(tmp_path: Path) -> None:
         train(_config(tmp_path, epochs=1, frames=4, resume=True), train_data=train_set, val_data=val_set)
     with pytest.raises(UsageError, match="--lr"):
         resume_config(tmp_path, {"lr": 0.5})
+    with pytest.raises(UsageError, match="--train-scale"):
+        _config(tmp_path / "x", train_scale=(1.2, 1.0)).validate()
+    assert _config(tmp_path / "x", train_scale=[1, 1.15]).train_scale == (1.0, 1.15)  # JSON lists compare as tuples
     cfg = resume_config(tmp_path, {"device": "cpu", "workers": 1})  # what does not change the run may change
     assert (cfg.scheme, cfg.frames, cfg.resume, cfg.workers) == ("divided", 2, True, 1)
 
