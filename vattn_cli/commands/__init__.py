@@ -7,6 +7,7 @@ from collections.abc import Callable
 import typer
 
 from vattn_cli.commands import ablate as _ablate
+from vattn_cli.commands import data as _data
 from vattn_cli.commands import profile as _profile
 from vattn_cli.commands import zoo as _zoo
 
@@ -14,4 +15,5 @@ COMMANDS: list[Callable[[typer.Typer], None]] = [
     _zoo.register,
     _profile.register,
     _ablate.register,
+    _data.register,
 ]
