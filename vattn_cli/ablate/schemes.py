@@ -172,7 +172,12 @@ ProgressFn = Callable[[Any], None]
 
 
 def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress: ProgressFn | None = None) -> dict:
-    """Train, evaluate and profile one run; its row (contract + accuracy columns)."""
+    """Train, evaluate and profile one run; its row (contract + accuracy columns).
+
+    ``params_m`` and ``gflops`` are the trained model's own; latency and peak memory are timed in
+    this process (few repeats) on the registry's architecture for ``config.model`` (``model_options``
+    such as ``dim`` are not applied there), batch 1, inference.
+    """
     from vattn_cli.engine import TrainConfig, evaluate, train
 
     builtin = run.data.startswith("builtin:")
