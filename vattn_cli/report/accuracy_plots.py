@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from vattn_cli.report import plots
 
@@ -78,6 +79,10 @@ def accuracy_vs_gflops(frame: pd.DataFrame, stem: str | Path, *, title: str = "A
         if len(chance):
             ax.axhline(float(chance.iloc[0]), color="0.6", linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ticks = plots._merge_close(rows["gflops"], rel=0.3)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.2g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.12, y=0.1)
         ax.set_xlabel("GFLOPs per view (multiply-adds, log)")
         ax.set_ylabel("top-1 (%)")
