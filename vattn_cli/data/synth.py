@@ -39,7 +39,7 @@ import pandas as pd
 from vattn_cli.errors import UsageError, one_of
 
 #: Bump when the generator changes what it writes, so cached builtin sets are rebuilt.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 TASKS = ("motion", "appearance")
 GLYPH_SETS = ("shapes", "digits")
 #: Chosen to differ inside a single 16-pixel patch (solid, hollow, bars), not only in outline,
