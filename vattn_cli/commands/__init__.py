@@ -8,12 +8,16 @@ import typer
 
 from vattn_cli.commands import ablate as _ablate
 from vattn_cli.commands import data as _data
+from vattn_cli.commands import eval as _eval
 from vattn_cli.commands import profile as _profile
+from vattn_cli.commands import train as _train
 from vattn_cli.commands import zoo as _zoo
 
 COMMANDS: list[Callable[[typer.Typer], None]] = [
     _zoo.register,
     _profile.register,
     _ablate.register,
+    _train.register,
+    _eval.register,
     _data.register,
 ]

@@ -1,0 +1,117 @@
+"""``vattn train``: train one scheme on a video list or built-in task; resumable; DDP under torchrun."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from vattn_cli.report.tables import emit
+
+def _epoch_line(row: dict) -> str:
+    val = "" if row["val_top1"] != row["val_top1"] else f"  val top1 {row['val_top1']:.1f}  top5 {row['val_top5']:.1f}"
+    return (f"epoch {row['epoch']}  loss {row['train_loss']:.4f}{val}  lr {row['lr']:.2e}  "
+            f"{row['clips_per_s']:.1f} clips/s  {row['epoch_time_s']:.1f} s  data wait {100 * row['data_wait_share']:.0f}%")
+
+
+def _scale(text: str) -> tuple[float, float]:
+    from vattn_cli.errors import UsageError
+
+    try:
+        lo, hi = (float(_fraction(x)) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"invalid --train-scale {text!r}; expected LO,HI such as 1,1.15") from None
+    return lo, hi
+
+
+def _fraction(text: str) -> float:
+    """``"8/7"`` or ``"1.14"`` -> float."""
+    num, _, den = text.strip().partition("/")
+    return float(num) / float(den) if den else float(num)
+
+
+def train(
+    scheme: str = typer.Option(None, help="Attention scheme (see vattn zoo); implied by a preset --model or --init."),
+    data: str = typer.Option(None, help="Training list (path label / path,label) or builtin:motion, builtin:appearance."),
+    val: str = typer.Option(None, help="Validation list. Default: the built-in val split for builtin data, else none; "
+                                       "'none' turns validation off."),
+    root: str = typer.Option(None, help="Folder the list's video paths are relative to (default: the list's folder)."),
+    model: str = typer.Option(None, help="Model size (tiny, small, base, large) or preset. (default: tiny)"),
+    frames: int = typer.Option(None, help="Frames per clip. (default: the preset's, else 8)"),
+    size: int = typer.Option(None, help="Frame size in pixels (square). (default: the preset's, else 224)"),
+    patch: int = typer.Option(None, help="Patch size in pixels. (default: 16)"),
+    epochs: int = typer.Option(None, help="Epochs. (default: 10)"),
+    batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it). (default: 8)"),
+    lr: float = typer.Option(None, help="Peak learning rate. (default: 1e-3 for adamw, 5e-3 for sgd)"),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (not on norms, biases, embeddings). (default: 0.05)"),
+    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine decay, per step. (default: 1)"),
+    label_smoothing: float = typer.Option(None, "--label-smoothing", help="Label smoothing. (default: 0)"),
+    clip_grad: float = typer.Option(None, "--clip-grad", help="Gradient norm clipping; 0 turns it off. (default: 1)"),
+    optimizer: str = typer.Option(None, help="adamw or sgd (Nesterov momentum 0.9, as in the paper). (default: adamw)"),
+    dtype: str = typer.Option(None, help="fp32, bf16 or fp16 (autocast). (default: fp32)"),
+    workers: int = typer.Option(None, help="Data-loading worker processes. (default: 0)"),
+    init: str = typer.Option(None, help="Start from this checkpoint (ours, official TimeSformer .pyth, HF folder)."),
+    save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps. (default: 0 = each epoch only)"),
+    train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
+                                    "to a random LO..HI times --size before the random crop. (default: the data's, "
+                                    "8/7,10/7 as PySlowFast)"),
+    val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS. (default: 1x1)"),
+    out: Path = typer.Option(..., help="Run folder: config.json, metrics.csv, last.pt, best.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it "
+                                                         "(flags not given are taken from the run)."),
+    seed: int = typer.Option(None, help="Seed for initialisation, shuffling and augmentation. (default: 0)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (under torchrun: the GPU of LOCAL_RANK)."),
+    csv: str = typer.Option(None, "--csv", help="Also write the metrics table as CSV to PATH, or '-' for stdout."),
+    json_path: str = typer.Option(None, "--json", help="Also write the metrics table as JSON to PATH, or '-' for stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, epoch lines or table."),
+) -> None:
+    """Train a model; writes OUT/last.pt, OUT/best.pt, OUT/metrics.csv and OUT/config.json.
+
+    Under `torchrun --nproc_per_node=N vattn train ...` it runs DistributedDataParallel (gloo on
+    CPU, nccl on CUDA); --batch is per process and only rank 0 writes files.
+
+    Example: vattn train --scheme divided --data builtin:motion --model tiny --frames 4 --size 32 --epochs 5 --out runs/divided
+    """
+    from vattn_cli.engine import RichProgress, TrainConfig, resume_config, shutdown_distributed
+    from vattn_cli.engine import train as run_training
+    from vattn_cli.errors import UsageError
+
+    given = {
+        "scheme": scheme, "data": data, "val": val, "root": root, "model": model, "frames": frames, "size": size,
+        "patch": patch, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "optimizer": optimizer, "dtype": dtype,
+        "workers": workers, "init": init, "save_every": save_every, "val_views": val_views, "seed": seed,
+        "device": device, "train_scale": _scale(train_scale) if train_scale is not None else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if clip_grad is not None:
+        given["clip_grad"] = clip_grad or None  # 0 turns clipping off
+    if resume and (out / "last.pt").exists():
+        config = resume_config(out, given)
+    else:
+        if "data" not in given:
+            raise UsageError("missing --data; give a video list or builtin:motion / builtin:appearance")
+        config = TrainConfig(out_dir=str(out), resume=resume, **given)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    talk = main_rank and not quiet
+
+    def on_epoch(row: dict) -> None:
+        if talk:
+            typer.echo(_epoch_line(row), err=True)
+
+    try:
+        with RichProgress(enabled=talk) as progress:
+            result = run_training(config, on_epoch=on_epoch, progress=progress)
+    finally:
+        shutdown_distributed()
+    if main_rank:
+        import pandas as pd
+
+        frame = pd.DataFrame(result.history)
+        emit(frame, csv=csv, json_path=json_path, quiet=quiet,
+             title=f"vattn train {result.model.config.scheme} -> {out} (best val top1 {result.best_top1})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
