@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
-try:  # typer >= 0.20 vendors its own copy of click
+# Newer typer vendors its own copy of click (and does not install click); older typer uses click
+# itself. Catch the exception classes of whichever copies are present.
+_CLICK_MODULES = []
+try:
     from typer._click import exceptions as _typer_click
-except ImportError:  # pragma: no cover - older typer uses click itself
-    _typer_click = click.exceptions
+
+    _CLICK_MODULES.append(_typer_click)
+except ImportError:  # pragma: no cover - older typer
+    pass
+try:
+    from click import exceptions as _click
+
+    _CLICK_MODULES.append(_click)
+except ImportError:  # pragma: no cover - click is not installed with newer typer
+    pass
 
 from vattn_cli import __version__
 from vattn_cli.commands import COMMANDS
@@ -54,7 +64,7 @@ for _register in COMMANDS:
 
 
 def _both(name: str) -> tuple[type[BaseException], ...]:
-    return tuple({getattr(click.exceptions, name), getattr(_typer_click, name, getattr(click.exceptions, name))})
+    return tuple({getattr(module, name) for module in _CLICK_MODULES if hasattr(module, name)})
 
 
 _EXIT = _both("Exit") + (typer.Exit,)
