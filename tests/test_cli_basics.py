@@ -33,3 +33,15 @@ def test_bad_values_give_one_line_and_exit_2() -> None:
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("vattn: error:"), out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_cli_works_without_click_installed() -> None:
+    # Newer typer vendors click and does not install it: a plain `pip install vattn` has no click.
+    code = (
+        "import sys; sys.modules['click'] = None\n"
+        "from vattn_cli.cli import main\n"
+        "main(['zoo', '--frames', 'x'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().startswith("vattn: error:") and "--frames" in out.stderr
