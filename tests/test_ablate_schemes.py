@@ -37,7 +37,7 @@ def cache(tmp_path_factory) -> Path:
 
 def config(cache: Path, **kw) -> study.StudyConfig:
     values = dict(epochs=1, batch=4, model_options=SMALL, data_options=dict(CLIPS), cache_dir=str(cache),
-                  measures=("params", "flops", "latency"), repeats=1)
+                  measures=("params", "flops", "latency"), repeats=1, patch=16, workers=0)
     return study.StudyConfig(**{**values, **kw})
 
 
@@ -103,7 +103,7 @@ _KILLABLE = textwrap.dedent("""
     runs = S.plan(["builtin:appearance"], ["space", "divided", "joint"], frames=[2], sizes=[32])
     cfg = S.StudyConfig(epochs=3, batch=4, model_options={"dim": 32, "depth": 1, "num_heads": 2},
                         data_options={"train": 16, "val": 8, "frames": 4, "size": 32}, cache_dir=cache,
-                        measures=("params", "flops"))
+                        measures=("params", "flops"), patch=16, workers=0)
     S.run(runs, out, cfg, resume=len(sys.argv) > 3)
 """)
 
@@ -146,12 +146,23 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return exited.value.code, out.out, out.err
 
 
+def test_builtin_clip_counts_per_task_and_overrides() -> None:
+    default = study.StudyConfig()
+    assert study.builtin_options("builtin:motion", default) == {"train": 384, "val": 96, "frames": 9, "size": 32}
+    assert study.builtin_options("builtin:appearance", default)["train"] == 128
+    assert study.builtin_options("data/train.csv", default) == {}  # a user's list: no generator options
+    assert study.builtin_options("builtin:motion", study.StudyConfig(data_options=dict(CLIPS)))["train"] == 16
+    both = study.StudyConfig(data_options=dict(CLIPS), clips=(40, 20))
+    assert {k: study.builtin_options(f"builtin:{k}", both)["train"] for k in ("motion", "appearance")} == {
+        "motion": 40, "appearance": 40}
+
+
 def test_cli_on_a_users_list_of_mp4_files(tmp_path, capsys) -> None:
     synthesize("appearance", tmp_path / "mine", SynthConfig(train=12, val=6, frames=4, size=32))
     train_list, val_list = tmp_path / "mine" / "train.csv", tmp_path / "mine" / "val.csv"
     assert list((tmp_path / "mine" / "videos").rglob("*.mp4"))
     args = ["schemes", "--data", str(train_list), "--val", str(val_list), "--schemes", "space", "--frames", "2",
-            "--sizes", "32", "--epochs", "1", "--batch", "4", "--device", "cpu", "--quiet"]
+            "--sizes", "32", "--epochs", "1", "--batch", "4", "--device", "cpu", "--workers", "0", "--quiet"]
     code, _out, err = _cli(capsys, *args, "--out", str(tmp_path / "out"))
     assert code == 0, err
     frame = pd.read_csv(tmp_path / "out" / "schemes.csv")
@@ -161,6 +172,8 @@ def test_cli_on_a_users_list_of_mp4_files(tmp_path, capsys) -> None:
     # again without --resume: refused, nothing overwritten
     code, _out, err = _cli(capsys, *args, "--out", str(tmp_path / "out"))
     assert code == 2 and "--resume" in err
+    code, _out, err = _cli(capsys, "schemes", "--clips", "384", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--clips" in err
     # a list file without its validation list
     code, _out, err = _cli(capsys, "schemes", "--data", str(train_list), "--out", str(tmp_path / "x"))
     assert code == 2 and "--val" in err

@@ -32,6 +32,16 @@ def test_uniform_test_indices_are_segment_centres() -> None:
         [1, 7, 13, 19], [3, 9, 15, 21], [5, 11, 17, 23]]
 
 
+def test_uniform_test_indices_are_reversal_symmetric_for_odd_lengths() -> None:
+    """Why the built-in motion videos have an odd frame count: only then is the test clip of a
+    reversed video the reversed test clip, for every clip length (space-only stays at chance)."""
+    for n in range(3, 40, 2):
+        for t in range(1, 17):
+            idx = uniform_indices(n, t, train=False)
+            assert sorted(n - 1 - k for k in idx) == idx, (n, t)
+    assert uniform_indices(8, 4, train=False) == [1, 3, 5, 7]  # even: reversal gives 0, 2, 4, 6
+
+
 def test_uniform_train_draws_one_frame_per_segment() -> None:
     seen = [set() for _ in range(4)]
     for seed in range(200):

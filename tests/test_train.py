@@ -16,6 +16,7 @@ import torch
 
 from vattn_cli.engine import ShardedSampler, TrainConfig, resume_config, train
 from vattn_cli.engine.optim import build_optimizer, build_scheduler, param_groups
+from vattn_cli.engine.train import init_embeddings_
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo import create_model
 
@@ -159,6 +160,36 @@ def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
     assert {names[id(p)] for p in no_decay["params"]} >= {"pos_embed", "time_embed", "cls_token", "norm.weight",
                                                           "head.bias"}
     assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"]) and decay["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("scheme", ["divided", "axial", "local_global", "joint", "rsa"])
+def test_from_scratch_init_sees_frame_order(scheme: str) -> None:
+    """From scratch, the time embedding and zeroed temporal projections are drawn (std 0 keeps
+    the zoo's init): with them, reversing a clip changes the output of a fresh model."""
+    torch.manual_seed(0)
+    model = create_model(scheme, size="tiny", frames=4, img_size=16, patch=8, num_classes=3, dim=32, depth=1,
+                         num_heads=2).eval()
+    zoo = {k: v.clone() for k, v in model.state_dict().items()}
+    init_embeddings_(model, 0.0)
+    _assert_same_weights(zoo, model.state_dict())
+    clip = torch.randn(2, 3, 4, 16, 16)
+    flipped = clip.flip(2)
+
+    def order_effect() -> float:  # pooled features of a clip against its reversal, relative
+        with torch.no_grad():
+            a, b = model.forward_features(clip), model.forward_features(flipped)
+        return float((a - b).norm() / a.norm())
+
+    if scheme != "rsa":  # zoo init: blind to order (RSA's local kernels see it from the start)
+        assert order_effect() < 1e-6
+    init_embeddings_(model, 1.0)
+    embeds = [getattr(model, n) for n in ("pos_embed", "time_embed") if getattr(model, n, None) is not None]
+    assert embeds and all(0.6 < float(e.detach().std()) < 1.2 and float(e.detach().abs().max()) <= 2.0
+                          for e in embeds)
+    for name, value in model.state_dict().items():
+        if name.endswith("_fc.weight"):
+            assert float(value.abs().max()) > 0, name  # the zeroed projections were drawn
+    assert order_effect() > 1e-4  # small (attention starts near uniform), but 100x the float noise above
 
 
 def test_init_starts_from_a_checkpoint_with_a_new_head(tmp_path: Path) -> None:

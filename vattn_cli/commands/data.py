@@ -41,7 +41,7 @@ def synth(
     task: str = typer.Option("both", help="motion, appearance or both."),
     train: int = typer.Option(288, help="Training videos per task (classes are balanced)."),
     val: int = typer.Option(96, help="Validation videos per task."),
-    frames: int = typer.Option(8, help="Frames per video."),
+    frames: int = typer.Option(9, help="Frames per video (odd keeps test-time sampling reversal-symmetric)."),
     size: int = typer.Option(64, help="Frame size in pixels (square, even, >= 32)."),
     glyphs: str = typer.Option("shapes", help="Objects: shapes, or digits (scikit-learn's handwritten digits)."),
     seed: int = typer.Option(0, help="Seed; the same seed writes the same bytes."),

@@ -43,7 +43,7 @@ def train(
     patch: int = typer.Option(None, help="Patch size in pixels. (default: 16)"),
     epochs: int = typer.Option(None, help="Epochs. (default: 10)"),
     batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it). (default: 8)"),
-    lr: float = typer.Option(None, help="Peak learning rate. (default: 1e-3 for adamw, 5e-3 for sgd)"),
+    lr: float = typer.Option(None, help="Peak learning rate. (default: 5e-4 for adamw, 5e-3 for sgd)"),
     weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (not on norms, biases, embeddings). (default: 0.05)"),
     warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine decay, per step. (default: 1)"),
     label_smoothing: float = typer.Option(None, "--label-smoothing", help="Label smoothing. (default: 0)"),
@@ -54,8 +54,13 @@ def train(
     init: str = typer.Option(None, help="Start from this checkpoint (ours, official TimeSformer .pyth, HF folder)."),
     save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps. (default: 0 = each epoch only)"),
     train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
-                                    "to a random LO..HI times --size before the random crop. (default: the data's, "
-                                    "8/7,10/7 as PySlowFast)"),
+                                    "to a random LO..HI times --size before the random crop. (default: 1,1 on builtin "
+                                    "data, else 8/7,10/7 as PySlowFast)"),
+    embed_init: float = typer.Option(None, "--embed-init", help="Std of the position embeddings (space and "
+                                     "time) when training from scratch, which also gives the zeroed temporal "
+                                     "projections the usual init; 0 keeps TimeSformer's (zero time embedding and "
+                                     "projections: a fresh model is blind to frame order for a long while). "
+                                     "(default: 1.0)"),
     val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS. (default: 1x1)"),
     out: Path = typer.Option(..., help="Run folder: config.json, metrics.csv, last.pt, best.pt."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it "
@@ -81,7 +86,8 @@ def train(
         "scheme": scheme, "data": data, "val": val, "root": root, "model": model, "frames": frames, "size": size,
         "patch": patch, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "optimizer": optimizer, "dtype": dtype,
-        "workers": workers, "init": init, "save_every": save_every, "val_views": val_views, "seed": seed,
+        "workers": workers, "init": init, "embed_init": embed_init, "save_every": save_every,
+        "val_views": val_views, "seed": seed,
         "device": device, "train_scale": _scale(train_scale) if train_scale is not None else None,
     }
     given = {k: v for k, v in given.items() if v is not None}

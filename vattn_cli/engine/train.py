@@ -39,13 +39,48 @@ from vattn_cli.engine.optim import DEFAULT_LR, OPTIMIZERS, build_optimizer, buil
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
 from vattn_cli.errors import UsageError, one_of
 from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint, restore_rng_states, save_checkpoint
+from vattn_cli.zoo.layers import init_weights
 
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "clips_per_s", "epoch_time_s",
                    "data_wait_share"]
 #: Config keys a resumed run may change: they do not affect what is computed.
-RESUME_FREE = frozenset({"out_dir", "resume", "device", "workers", "cache_dir", "root", "val_batch", "init"})
+RESUME_FREE = frozenset({"out_dir", "resume", "device", "workers", "cache_dir", "root", "val_batch", "init",
+                         "embed_init"})  # (init and embed_init act only when a run starts)
 #: ``val`` value that turns validation off even for built-in data.
 NO_VAL = "none"
+
+
+#: Std of the position embeddings when training from scratch (patch tokens have std ~1).
+EMBED_INIT = 1.0
+
+
+def init_embeddings_(model: nn.Module, std: float) -> None:
+    """Initialise a fresh model for training from scratch rather than from an image model.
+
+    TimeSformer starts ``time_embed`` at zero, ``pos_embed`` at std 0.02 and the temporal
+    projections (divided's ``temporal_fc``, axial's, local_global's) at zero because it
+    fine-tunes from an ImageNet ViT: the video model starts as the image model. From scratch
+    that leaves a fresh model exactly blind to frame order, and on data whose classes are time
+    reversals of each other (the built-in motion task, SSv2's left/right pairs) the gradient
+    that would break the symmetry averages out. So: ``pos_embed`` and ``time_embed`` are drawn
+    from N(0, std) (truncated at 2 std; patch tokens have std ~1), and blocks with zeroed
+    projections get the usual linear init instead. ``std=0`` keeps the zoo's initialisation.
+
+    Measured on ``builtin:motion`` (tiny divided, 8 frames, patch 8 at 32 px, 384 clips, AdamW
+    5e-4, 6-10 epochs): std 1.0 reaches 89-96% pair accuracy in 6 epochs (seeds 0 and 1); 0.5
+    reaches 76% in 10; 2.0 stays at chance in 6. With the zoo's initialisation, tiny joint stayed
+    at chance for 1,200 steps.
+    """
+    if not std:
+        return
+    with torch.no_grad():
+        for name in ("pos_embed", "time_embed"):
+            embed = getattr(model, name, None)
+            if embed is not None:
+                nn.init.trunc_normal_(embed, std=std, a=-2 * std, b=2 * std)
+    for block in getattr(model, "blocks", ()):
+        if hasattr(block, "reset_temporal"):  # its zeroed projections get the usual init
+            block.apply(init_weights)
 
 
 @dataclass
@@ -57,6 +92,8 @@ class TrainConfig:
     ``depth``, ``drop_path_rate``, a scheme's own options). ``val=None`` uses the built-in
     val split when ``data`` is built-in, and no validation otherwise; ``"none"`` turns it off.
     ``lr=None`` takes the optimizer's default (:data:`~vattn_cli.engine.optim.DEFAULT_LR`).
+    ``embed_init``: std of the position embeddings of a model trained from scratch (see
+    :func:`init_embeddings_`); 0 keeps the zoo's initialisation.
     """
 
     out_dir: str
@@ -90,7 +127,8 @@ class TrainConfig:
     sampling: str = "uniform"
     sample_rate: int = 4
     hflip: bool = False
-    train_scale: tuple[float, float] | None = None  # short side / crop at training; None: the data's default
+    train_scale: tuple[float, float] | None = None  # short side / crop at training; None: see _train_scale
+    embed_init: float = EMBED_INIT
     resume: bool = False
     seed: int = 0
     device: str = "auto"
@@ -129,6 +167,8 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
         parse_views(self.val_views)
+        if self.embed_init < 0:
+            raise UsageError(f"invalid --embed-init {self.embed_init}; expected a number >= 0")
         if self.train_scale is not None and not (len(self.train_scale) == 2 and 0 < self.train_scale[0] <= self.train_scale[1]):
             raise UsageError(f"invalid --train-scale {self.train_scale}; expected LO,HI with 0 < LO <= HI, e.g. 1,1.15")
 
@@ -282,6 +322,8 @@ class _Run:
             model.load_state_dict(ckpt["model"])
         else:
             model = init_model if init_model is not None else _build_model(config, self.train_set.num_classes)
+            if init_model is None:
+                init_embeddings_(model, config.embed_init)
             if model.config.num_classes != self.train_set.num_classes:  # --init from another label set
                 model.reset_head(self.train_set.num_classes)
             if self.info.rank:  # distinct dropout masks per rank; rank 0 keeps the seeded stream
@@ -432,6 +474,18 @@ class _Run:
         )
 
 
+def _train_scale(config: TrainConfig) -> tuple[float, float] | None:
+    """The scale jitter: the config's, else none for built-in data, else the data module's default.
+
+    PySlowFast's jitter (short side 8/7..10/7 of the crop) is for cropping large videos; the
+    built-in clips are already at the training size, so it would only enlarge objects beyond the
+    test scale, and the tiny model then learns the motion task several times slower.
+    """
+    if config.train_scale is not None:
+        return config.train_scale
+    return (1.0, 1.0) if is_builtin(config.data) else None
+
+
 def _resolve_val(config: TrainConfig) -> Any:
     if config.val == NO_VAL:
         return None
@@ -499,7 +553,7 @@ def train(
                   sampling=config.sampling, sample_rate=config.sample_rate)
     frames, size = _clip_shape(config, ckpt, init_model)
     train_set = prepare(train_data if train_data is not None else config.data, frames=frames, size=size, train=True,
-                        split="train", hflip=config.hflip, train_scale=config.train_scale, **common)
+                        split="train", hflip=config.hflip, train_scale=_train_scale(config), **common)
     val_spec = val_data if val_data is not None else _resolve_val(config)
     val_set = None
     if val_spec is not None:
