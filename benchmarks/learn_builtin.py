@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--train-scale", default=None, help="LO,HI scale jitter (default: the data's)")
-    parser.add_argument("--embed-init", type=float, default=None, help="(default: the engine's)")
+    parser.add_argument("--scratch-init", type=float, default=None, help="(default: the engine's)")
     parser.add_argument("--train-clips", type=int, default=None, help="generate this many training videos per task "
                         "(default: the built-in set's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -67,7 +67,7 @@ def main() -> None:
                                  batch=args.batch, lr=args.lr, workers=args.workers, seed=args.seed, device="cpu",
                                  resume=True, train_scale=tuple(map(float, args.train_scale.split(",")))
                                  if args.train_scale else None, data_options=data_options,
-                                 **({} if args.embed_init is None else {"embed_init": args.embed_init}))
+                                 **({} if args.scratch_init is None else {"scratch_init": args.scratch_init}))
             result = train(config, on_epoch=lambda r, s=scheme, t=task: print(
                 f"  {t}/{s} epoch {r['epoch']}: loss {r['train_loss']:.3f} val top1 {r['val_top1']:.1f}", flush=True))
             ev = evaluate(result.model, f"builtin:{task}", views=(1, 1), batch=16, workers=args.workers,

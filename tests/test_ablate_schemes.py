@@ -149,7 +149,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_builtin_clip_counts_per_task_and_overrides() -> None:
     default = study.StudyConfig()
     assert study.builtin_options("builtin:motion", default) == {"train": 384, "val": 96, "frames": 9, "size": 32}
-    assert study.builtin_options("builtin:appearance", default)["train"] == 128
+    assert study.builtin_options("builtin:appearance", default)["train"] == 160
     assert study.builtin_options("data/train.csv", default) == {}  # a user's list: no generator options
     assert study.builtin_options("builtin:motion", study.StudyConfig(data_options=dict(CLIPS)))["train"] == 16
     both = study.StudyConfig(data_options=dict(CLIPS), clips=(40, 20))

@@ -16,7 +16,7 @@ import torch
 
 from vattn_cli.engine import ShardedSampler, TrainConfig, resume_config, train
 from vattn_cli.engine.optim import build_optimizer, build_scheduler, param_groups
-from vattn_cli.engine.train import init_embeddings_
+from vattn_cli.engine.train import init_from_scratch_
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo import create_model
 
@@ -170,7 +170,7 @@ def test_from_scratch_init_sees_frame_order(scheme: str) -> None:
     model = create_model(scheme, size="tiny", frames=4, img_size=16, patch=8, num_classes=3, dim=32, depth=1,
                          num_heads=2).eval()
     zoo = {k: v.clone() for k, v in model.state_dict().items()}
-    init_embeddings_(model, 0.0)
+    init_from_scratch_(model, 0.0)
     _assert_same_weights(zoo, model.state_dict())
     clip = torch.randn(2, 3, 4, 16, 16)
     flipped = clip.flip(2)
@@ -182,13 +182,17 @@ def test_from_scratch_init_sees_frame_order(scheme: str) -> None:
 
     if scheme != "rsa":  # zoo init: blind to order (RSA's local kernels see it from the start)
         assert order_effect() < 1e-6
-    init_embeddings_(model, 1.0)
+    init_from_scratch_(model, 1.0)
     embeds = [getattr(model, n) for n in ("pos_embed", "time_embed") if getattr(model, n, None) is not None]
     assert embeds and all(0.6 < float(e.detach().std()) < 1.2 and float(e.detach().abs().max()) <= 2.0
                           for e in embeds)
     for name, value in model.state_dict().items():
         if name.endswith("_fc.weight"):
             assert float(value.abs().max()) > 0, name  # the zeroed projections were drawn
+    for name, module in model.named_modules():  # LeCun normal, not ViT-Base's 0.02
+        if isinstance(module, torch.nn.Linear) and name != "head":
+            assert 0.7 < float(module.weight.std()) * module.in_features ** 0.5 < 1.05, name
+    assert torch.equal(model.head.weight, zoo["head.weight"])
     assert order_effect() > 1e-4  # small (attention starts near uniform), but 100x the float noise above
 
 

@@ -128,7 +128,7 @@ BatchFlag = Annotated[int, typer.Option("--batch", min=1, help="Clips per traini
 LrFlag = Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")]
 WorkersFlag = Annotated[int, typer.Option("--workers", min=0, help="Data loader worker processes.")]
 ClipsFlag = Annotated[str, typer.Option("--clips", help="Built-in data only: TRAIN,VAL videos generated per task "
-                                        "(default: 384,96 for motion, 128,96 for appearance).")]
+                                        "(default: 384,96 for motion, 160,96 for appearance).")]
 PatchFlag = Annotated[int, typer.Option("--patch", min=1, help="Patch size in pixels (8 at the default 32 px: "
                                         "16 tokens a frame).")]
 ViewsFlag = Annotated[str, typer.Option("--views", help="Evaluation views TxS (temporal clips x spatial crops).")]
@@ -188,7 +188,7 @@ def schemes(
     model: ModelFlag = "tiny",
     epochs: EpochsFlag = 6,
     seeds: SeedsFlag = 1,
-    batch: BatchFlag = 4,
+    batch: BatchFlag = 8,
     lr: LrFlag = 5e-4,
     workers: WorkersFlag = 1,
     clips: ClipsFlag = None,
@@ -206,7 +206,7 @@ def schemes(
 
     Writes OUT/accuracy_vs_gflops.png|svg (top-1 against GFLOPs, one panel per dataset, Pareto frontier) and OUT/summary.md (the TimeSformer paper's Table 1 shape). On builtin:motion, the reversal-pair accuracy (pair_acc) shows which schemes see the order of frames.
 
-    The defaults (tiny model, 32 px with 8 px patches, 6 epochs in batches of 4, 384 generated motion and 128 appearance clips) finish on a 2-core CPU in under 20 minutes; on a GPU raise --sizes, --frames, --epochs and --clips.
+    The defaults (tiny model, 32 px with 8 px patches, 6 epochs, 384 generated motion and 160 appearance clips) finish on a 2-core CPU in under 20 minutes; on a GPU raise --sizes, --frames, --epochs and --clips.
 
     Example: vattn ablate schemes --out runs/schemes
 
@@ -235,7 +235,7 @@ def pos_embed(
     model: ModelFlag = "tiny",
     epochs: EpochsFlag = 6,
     seeds: SeedsFlag = 1,
-    batch: BatchFlag = 4,
+    batch: BatchFlag = 8,
     lr: LrFlag = 5e-4,
     workers: WorkersFlag = 1,
     clips: ClipsFlag = None,

@@ -56,11 +56,11 @@ def train(
     train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
                                     "to a random LO..HI times --size before the random crop. (default: 1,1 on builtin "
                                     "data, else 8/7,10/7 as PySlowFast)"),
-    embed_init: float = typer.Option(None, "--embed-init", help="Std of the position embeddings (space and "
-                                     "time) when training from scratch, which also gives the zeroed temporal "
-                                     "projections the usual init; 0 keeps TimeSformer's (zero time embedding and "
-                                     "projections: a fresh model is blind to frame order for a long while). "
-                                     "(default: 1.0)"),
+    scratch_init: float = typer.Option(None, "--scratch-init", help="Training from scratch: std of the position "
+                                       "and time embeddings, with every linear layer drawn LeCun-normal (also the "
+                                       "temporal projections TimeSformer zeroes); 0 keeps TimeSformer's init, made "
+                                       "for fine-tuning an image model, with which a fresh model is blind to frame "
+                                       "order for a long while. (default: 1.0)"),
     val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS. (default: 1x1)"),
     out: Path = typer.Option(..., help="Run folder: config.json, metrics.csv, last.pt, best.pt."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it "
@@ -86,7 +86,7 @@ def train(
         "scheme": scheme, "data": data, "val": val, "root": root, "model": model, "frames": frames, "size": size,
         "patch": patch, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "optimizer": optimizer, "dtype": dtype,
-        "workers": workers, "init": init, "embed_init": embed_init, "save_every": save_every,
+        "workers": workers, "init": init, "scratch_init": scratch_init, "save_every": save_every,
         "val_views": val_views, "seed": seed,
         "device": device, "train_scale": _scale(train_scale) if train_scale is not None else None,
     }
