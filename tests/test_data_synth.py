@@ -11,6 +11,7 @@ from pathlib import Path
 
 import decord
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -79,6 +80,24 @@ def test_reversed_classes_are_exactly_the_frames_backwards(tmp_path: Path) -> No
         write_mp4(tmp_path / "f.mp4", fwd)
         write_mp4(tmp_path / "b.mp4", bwd)
         assert np.array_equal(decode(tmp_path / "b.mp4"), decode(tmp_path / "f.mp4")[::-1])
+
+
+def test_motion_val_split_comes_in_reversal_pairs(tmp_path: Path) -> None:
+    """Val videos 2j and 2j+1 are one clip both ways with partner labels, so an order-blind model
+    scores exactly 50% reversal-pair accuracy; train videos are independent draws."""
+    synthesize("motion", tmp_path / "m", SynthConfig(train=8, val=8, frames=9, size=32))
+    partner = {a: b for a, b in REVERSAL_PAIRS} | {b: a for a, b in REVERSAL_PAIRS}
+    val = pd.read_csv(tmp_path / "m" / "val.csv")
+    for j in range(0, len(val), 2):
+        a, b = val.iloc[j], val.iloc[j + 1]
+        assert partner[int(a["label"])] == int(b["label"])
+        assert np.array_equal(decode(tmp_path / "m" / b["path"]), decode(tmp_path / "m" / a["path"])[::-1])
+    train = pd.read_csv(tmp_path / "m" / "train.csv")
+    first, second = decode(tmp_path / "m" / train["path"][0]), decode(tmp_path / "m" / train["path"][1])
+    assert not np.array_equal(second, first[::-1])
+    scores = torch.randn(len(val) // 2, len(MOTION_CLASSES)).repeat_interleave(2, 0)
+    from vattn_cli.ablate.schemes import pair_accuracy  # identical scores per pair: exactly one win each
+    assert pair_accuracy(scores, torch.tensor(val["label"].to_numpy()), REVERSAL_PAIRS) == 50.0
 
 
 def centroid_path(frames: np.ndarray) -> np.ndarray:

@@ -15,6 +15,11 @@ the motion task's reversal pairs):
 
 Built to be learnable by a tiny ViT (dim 128, 4 blocks, 16 patches a frame) at 8 frames in
 CPU minutes: objects a third of the frame wide and high-contrast, paths crossing two patches.
+The motion task's val split comes in reversal pairs: video ``2j + 1`` is video ``2j`` written
+backwards, with the partner class. A model blind to frame order gives both the same scores, so
+it wins exactly one of the two on reversal-pair accuracy: it scores exactly 50%, not 50% give
+or take the ten points that 96 independent clips would allow.
+
 The videos have an odd number of frames (9 by default) so that test-time sampling stays
 reversal-symmetric: uniform sampling takes the frame at the centre of each of ``T`` equal
 segments, ``floor(n (i + 1/2) / T)``, and for odd ``n`` those indices are closed under
@@ -47,7 +52,7 @@ import pandas as pd
 from vattn_cli.errors import UsageError, one_of
 
 #: Bump when the generator changes what it writes, so cached builtin sets are rebuilt.
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 TASKS = ("motion", "appearance")
 GLYPH_SETS = ("shapes", "digits")
 #: Chosen to differ inside a single 16-pixel patch (solid, hollow, bars), not only in outline,
@@ -272,6 +277,12 @@ def _balanced_labels(n: int, classes: int, rng: np.random.Generator) -> np.ndarr
     return rng.permutation(np.arange(n) % classes)
 
 
+def _reversal_paired_labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Labels in reversal pairs: (2j, 2j+1) are a class and its reversal, pair kinds balanced."""
+    kinds = _balanced_labels(n // 2 + n % 2, len(REVERSAL_PAIRS), rng)
+    return np.array([REVERSAL_PAIRS[k][i % 2] for i, k in enumerate(np.repeat(kinds, 2))][:n])
+
+
 def _write_task(task: str, out: Path, cfg: SynthConfig, glyphs: Glyphs, step: Callable[[], None]) -> list[dict]:
     names = class_names(task, glyphs)
     rows = []
@@ -279,10 +290,13 @@ def _write_task(task: str, out: Path, cfg: SynthConfig, glyphs: Glyphs, step: Ca
         count = getattr(cfg, split)
         folder = out / "videos" / split
         folder.mkdir(parents=True, exist_ok=True)
-        labels = _balanced_labels(count, len(names), np.random.default_rng([cfg.seed, _TASK_CODE[task], _SPLIT_CODE[split]]))
+        label_rng = np.random.default_rng([cfg.seed, _TASK_CODE[task], _SPLIT_CODE[split]])
+        paired = task == "motion" and split == "val"
+        labels = _reversal_paired_labels(count, label_rng) if paired else _balanced_labels(count, len(names), label_rng)
         lines = ["path,label"]
         for i, label in enumerate(labels.tolist()):
-            rng = np.random.default_rng([cfg.seed, _TASK_CODE[task], _SPLIT_CODE[split], i, 7])
+            # A val pair (2j, 2j+1) shares its draws: the same clip forwards and backwards.
+            rng = np.random.default_rng([cfg.seed, _TASK_CODE[task], _SPLIT_CODE[split], i // 2 if paired else i, 7])
             rel = f"videos/{split}/{i:05d}.mp4"
             write_mp4(out / rel, make_clip(task, label, rng, cfg, glyphs, split), cfg.fps)
             lines.append(f"{rel},{label}")
