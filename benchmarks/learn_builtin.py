@@ -23,16 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vattn_cli.ablate.schemes import pair_accuracy  # noqa: E402
 from vattn_cli.engine import TrainConfig, evaluate, train  # noqa: E402
 from vattn_cli.zoo import list_schemes  # noqa: E402
-
-
-def pair_accuracy(scores: torch.Tensor, labels: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
-    """Percent of clips in a reversal pair whose true class scores above its partner."""
-    partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
-    rows = [i for i, y in enumerate(labels.tolist()) if y in partner]
-    wins = [scores[i, labels[i]] > scores[i, partner[int(labels[i])]] for i in rows]
-    return 100.0 * sum(bool(w) for w in wins) / max(1, len(rows))
 
 
 def main() -> None:

@@ -175,10 +175,10 @@ def builtin_options(data: str, config: StudyConfig) -> dict[str, Any]:
     ``data_options`` with the task's clip counts."""
     if not data.startswith("builtin:"):
         return {}
-    train, val = config.clips or DEFAULT_CLIPS.get(data.split(":", 1)[1], (288, 96))
-    options = {"train": train, "val": val, **config.data_options}
+    options = dict(zip(("train", "val"), DEFAULT_CLIPS.get(dataset_name(data), ())))
+    options.update(config.data_options)
     if config.clips:
-        options.update(train=train, val=val)
+        options.update(zip(("train", "val"), config.clips))
     return options
 
 
@@ -203,7 +203,6 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
     """
     from vattn_cli.engine import TrainConfig, evaluate, train
 
-    builtin = run.data.startswith("builtin:")
     options = dict(config.model_options)
     if run.pos_embed:
         options["pos_embed"] = run.pos_embed
