@@ -68,6 +68,6 @@ class TemporalShiftAttention(SoftmaxBlock):
 
 if __name__ == "__main__":
     from vattn_cli.testing import check_scheme
-    from vattn_cli.zoo.conformance import checks_frame
+    from vattn_cli.measure.conformance import checks_frame
 
     print(checks_frame(check_scheme(TemporalShiftAttention)).to_string(index=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vattn_cli.zoo.conformance import CheckResult, failures, run_checks
+from vattn_cli.measure.conformance import CheckResult, failures, run_checks
 
 
 def check_scheme(

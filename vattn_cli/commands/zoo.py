@@ -55,7 +55,7 @@ def zoo(
 
 def _check(text: str, frames: int | None, img_size: int | None, patch: int, device: str, seed: int,
            csv: str | None, json_path: str | None, quiet: bool) -> None:
-    from vattn_cli.zoo.conformance import CHECK_FRAMES, CHECK_IMG_SIZE, checks_frame, failures, run_checks
+    from vattn_cli.measure.conformance import CHECK_FRAMES, CHECK_IMG_SIZE, checks_frame, failures, run_checks
     from vattn_cli.zoo.registry import list_schemes
 
     frames = CHECK_FRAMES if frames is None else frames
