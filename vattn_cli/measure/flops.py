@@ -310,7 +310,8 @@ def count_model_flops(model_or_config: Any, frames: int | None = None, img_size:
     ``model_or_config`` is a ``VideoTransformer``, its ``VideoTransformerConfig`` or the config
     dict. The clip defaults to the setting the model was built at.
     """
-    from vattn_cli.zoo.backbone import VideoTransformer, VideoTransformerConfig
+    from vattn_cli.zoo.backbone import VideoTransformerConfig
+    from vattn_cli.zoo.registry import build_model
 
     config = getattr(model_or_config, "config", model_or_config)
     if isinstance(config, dict):
@@ -319,7 +320,7 @@ def count_model_flops(model_or_config: Any, frames: int | None = None, img_size:
     img_size = img_size or config.img_size
     depth = config.depth
     with torch.device(device):
-        twin = VideoTransformer(replace(config, depth=1, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0))
+        twin = build_model(replace(config, depth=1, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0))
         video = torch.randn(1, config.in_chans, frames, img_size, img_size)
     one = count_flops(twin, (video,))
     del twin, video

@@ -275,11 +275,12 @@ def create_model(
         frames=setting["frames"], img_size=setting["img_size"], patch=setting["patch"],
         num_classes=setting["num_classes"], scheme_options=options,
     )
-    return _build(VideoTransformerConfig(**arch))
+    return build_model(VideoTransformerConfig(**arch))
 
 
-def _build(config):
-    """Build the model; an external scheme that breaks the interface gets one clear error.
+def build_model(config):
+    """Build the model a ``VideoTransformerConfig`` describes; an external scheme that breaks
+    the interface gets one clear error.
 
     The first-forward probe runs once here, for external schemes only: the forward pass itself
     stays unwrapped, so normal runs pay nothing.
@@ -310,7 +311,7 @@ def create_model_from_config(config: dict[str, Any]):
     if unknown:
         raise UsageError(f"checkpoint config has unknown keys: {', '.join(sorted(unknown))}")
     scheme_entry(config["scheme"], allow_import=False)  # a file never triggers an import
-    return _build(VideoTransformerConfig(**config))
+    return build_model(VideoTransformerConfig(**config))
 
 
 def token_count(scheme: str, frames: int, img_size: int, patch: int) -> int:
