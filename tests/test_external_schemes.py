@@ -361,11 +361,12 @@ def test_checkpoint_config_never_imports_a_module(on_path, monkeypatch, tmp_path
         import sys
         from vattn_cli.errors import UsageError
         from vattn_cli.zoo import create_model_from_config
-        from vattn_cli.zoo.backbone import VideoTransformer, VideoTransformerConfig
+        from vattn_cli.zoo.backbone import VideoTransformerConfig
+        from vattn_cli.zoo.registry import build_model
         config = {config!r}
         for scheme in ("marker_scheme:Block", "os:system"):
             config["scheme"] = scheme
-            for build in (create_model_from_config, lambda c: VideoTransformer(VideoTransformerConfig(**c))):
+            for build in (create_model_from_config, lambda c: build_model(VideoTransformerConfig(**c))):
                 try:
                     build(dict(config))
                 except UsageError as exc:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from vattn_cli.zoo import create_model, get_scheme, list_schemes
 from vattn_cli.zoo.info import count_params
-from vattn_cli.zoo.scheme import Grid
+from vattn_cli.zoo.scheme import BlockArgs, Grid
 
 DIM, HEADS = 32, 4
 GRIDS = [Grid(1, 1, 1), Grid(2, 3, 5), Grid(3, 5, 4), Grid(4, 4, 4), Grid(3, 7, 6), Grid(1, 5, 5), Grid(5, 2, 3)]
@@ -128,7 +128,7 @@ REFERENCES = {"local_global": reference_local_global, "axial": reference_axial}
 
 def make_block(scheme: str) -> nn.Module:
     """A block with every weight random (LayerNorms and the zero-initialised fc's included)."""
-    block = get_scheme(scheme)(DIM, HEADS).eval()
+    block = get_scheme(scheme)(BlockArgs(DIM, HEADS)).eval()
     with torch.no_grad():
         for module in block.modules():
             if isinstance(module, (nn.Linear, nn.LayerNorm)):

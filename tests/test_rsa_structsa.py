@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo import create_model, token_count
 from vattn_cli.zoo.info import count_params
-from vattn_cli.zoo.scheme import Grid
+from vattn_cli.zoo.scheme import BlockArgs, Grid
 from vattn_cli.zoo.schemes.joint import JointAttention
 from vattn_cli.zoo.schemes.rsa import NORM_EPS, RSABlock
 from vattn_cli.zoo.schemes.structsa import StructSABlock
@@ -138,7 +138,7 @@ def assert_matches(layer, reference, grid, dim, batch=2):
     ids=["3x3x3", "3x5x3", "default-5x7x7-larger-than-grid"],
 )
 def test_rsa_equals_naive_reference_including_borders(grid, window) -> None:
-    layer = RSABlock(16, 2, window=window).attn
+    layer = RSABlock(BlockArgs(16, 2), window=window).attn
     randomise_(layer)
     assert_matches(layer, rsa_reference, grid, 16)
 
@@ -154,16 +154,16 @@ def test_rsa_equals_naive_reference_including_borders(grid, window) -> None:
 )
 def test_structsa_equals_naive_reference_including_borders(share, patterns, window, stride) -> None:
     grid = Grid(3, 4, 5)
-    layer = StructSABlock(16, 2, patterns=patterns, window=window, kv_stride=stride, share=share).attn
+    layer = StructSABlock(BlockArgs(16, 2), patterns=patterns, window=window, kv_stride=stride, share=share).attn
     randomise_(layer)
     assert_matches(layer, structsa_reference, grid, 16)
 
 
 def test_structsa_with_one_identity_pattern_is_joint_attention() -> None:
     grid = Grid(3, 4, 4)
-    joint = JointAttention(32, 4).eval()
+    joint = JointAttention(BlockArgs(32, 4)).eval()
     randomise_(joint)
-    struct = StructSABlock(32, 4, patterns=1).eval()
+    struct = StructSABlock(BlockArgs(32, 4), patterns=1).eval()
     missing, unexpected = struct.load_state_dict(joint.state_dict(), strict=False)
     assert set(missing) == {"attn.key_patterns", "attn.value_patterns"} and not unexpected
     with torch.no_grad():
@@ -198,7 +198,7 @@ class LargestTensor(TorchDispatchMode):
 
 def test_rsa_materialises_no_window_fold_copy_of_the_channels() -> None:
     grid, dim, heads = Grid(4, 6, 6), 32, 2
-    layer = RSABlock(dim, heads).attn  # default 5x7x7 window: M = 245
+    layer = RSABlock(BlockArgs(dim, heads)).attn  # default 5x7x7 window: M = 245
     dk = dim // heads
     x = torch.randn(1, grid.patches, dim)
     with torch.no_grad(), LargestTensor() as probe:
@@ -255,9 +255,9 @@ def structsa_macs(n, n_kv, dim, heads, patterns, m):
 def test_fvcore_counts_every_multiply_add(scheme) -> None:
     grid, dim, heads = Grid(2, 5, 4), 64, 4
     if scheme == "rsa":
-        block, expected = RSABlock(dim, heads), rsa_macs(grid.patches, dim, heads, 245)
+        block, expected = RSABlock(BlockArgs(dim, heads)), rsa_macs(grid.patches, dim, heads, 245)
     else:
-        block = StructSABlock(dim, heads, patterns=3, kv_stride=2)
+        block = StructSABlock(BlockArgs(dim, heads), patterns=3, kv_stride=2)
         n_kv = 2 * 3 * 2  # ceil(5/2) x ceil(4/2) per frame
         expected = structsa_macs(grid.patches, n_kv, dim, heads, 3, 27)
     flops = FlopCountAnalysis(_BlockAt(block.eval(), grid), (torch.randn(1, grid.patches, dim),))

@@ -19,8 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vattn_cli.zoo.layers import init_weights, interpolate_space, interpolate_time
-from vattn_cli.zoo.registry import get_scheme
-from vattn_cli.zoo.scheme import Grid
+from vattn_cli.zoo.scheme import BlockArgs, Grid, SchemeBlock, build_block
 
 POS_EMBED_MODES = ("space-time", "space", "none")
 
@@ -53,6 +52,14 @@ class VideoTransformerConfig:
         return asdict(self)
 
 
+def block_args(config: VideoTransformerConfig) -> BlockArgs:
+    """The standard block arguments a config gives (``drop_path`` is set per block by depth)."""
+    return BlockArgs(
+        config.dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+        norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
+    )
+
+
 class PatchEmbed(nn.Module):
     """Per-frame patch embedding: a ``patch x patch`` convolution with stride ``patch``."""
 
@@ -68,14 +75,18 @@ class PatchEmbed(nn.Module):
 
 
 class VideoTransformer(nn.Module):
-    """A video transformer whose blocks are one registered attention scheme."""
+    """A video transformer whose blocks are one attention scheme.
 
-    def __init__(self, config: VideoTransformerConfig) -> None:
+    It is handed the scheme's block class rather than looking the name up, so the backbone
+    never imports the registry (which builds it): ``vattn_cli.zoo.create_model`` and
+    ``create_model_from_config`` resolve ``config.scheme`` and are the way to build one.
+    """
+
+    def __init__(self, config: VideoTransformerConfig, block_cls: type[SchemeBlock]) -> None:
         super().__init__()
         if config.pos_embed not in POS_EMBED_MODES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, got {config.pos_embed!r}")
         self.config = config
-        block_cls = get_scheme(config.scheme, allow_import=False)  # a config never imports code
         self.cls_mode = block_cls.cls_token
         dim, grid_side = config.dim, config.img_size // config.patch
 
@@ -92,13 +103,9 @@ class VideoTransformer(nn.Module):
         )
         self.pos_drop = nn.Dropout(config.drop_rate)
         rates = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
+        args = block_args(config)
         self.blocks = nn.ModuleList(
-            block_cls(
-                dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
-                drop_path=rate, **config.scheme_options,
-            )
-            for rate in rates
+            build_block(block_cls, args.replace(drop_path=rate), config.scheme_options) for rate in rates
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
@@ -110,8 +117,7 @@ class VideoTransformer(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02)
         self.apply(init_weights)
         for block in self.blocks:  # e.g. divided's zero temporal projection
-            if hasattr(block, "reset_temporal"):
-                block.reset_temporal()
+            block.reset_parameters()
 
     @property
     def scheme(self) -> str:

@@ -21,10 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from vattn_cli.errors import UsageError
-from vattn_cli.zoo.scheme import Grid, PreNormBlock, SchemeBlock
+from vattn_cli.zoo.scheme import STANDARD_ARGS, BlockArgs, Grid, PreNormBlock, SchemeBlock, build_block, takes_block_args
 
-#: Arguments the backbone passes to every block: ``dim`` and ``num_heads`` positionally, the rest by name.
-STANDARD_ARGS = ("dim", "num_heads", "mlp_ratio", "qkv_bias", "norm_eps", "drop", "attn_drop", "drop_path")
 CLS_MODES = ("shared", "per_frame", "none")
 
 
@@ -48,22 +46,28 @@ def layout_tokens(grid: Grid, cls_token: str) -> int:
 # -- level 1: the class ------------------------------------------------------------------------
 
 def _signature_problems(cls: type) -> list[str]:
+    """The constructor, either interface: ``(args, **options)`` or ``(dim, num_heads, <standard>, **options)``."""
     try:
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
     except (TypeError, ValueError):  # a C-implemented __init__: nothing to read
         return []
     kinds = inspect.Parameter
-    var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
-    var_pos = any(p.kind is kinds.VAR_POSITIONAL for p in params)
-    positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+    variadic = (kinds.VAR_KEYWORD, kinds.VAR_POSITIONAL)
     problems = []
-    if len(positional) < 2 and not var_pos:
-        problems.append("__init__ must take dim and num_heads as its first two positional arguments")
-    named = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
-    missing = [a for a in STANDARD_ARGS[2:] if a not in named]
-    if missing and not var_kw:
-        problems.append(f"__init__ does not accept the standard block argument(s) {', '.join(missing)}")
-    own = [p for p in params if p not in positional[:2] and p.kind not in (kinds.VAR_KEYWORD, kinds.VAR_POSITIONAL)]
+    if takes_block_args(cls):
+        own = [p for p in params[1:] if p.kind not in variadic]
+    else:
+        var_kw = any(p.kind is kinds.VAR_KEYWORD for p in params)
+        var_pos = any(p.kind is kinds.VAR_POSITIONAL for p in params)
+        positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+        if len(positional) < 2 and not var_pos:
+            problems.append("__init__ must take args (a BlockArgs) first, or dim and num_heads as its first "
+                            "two positional arguments")
+        named = {p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
+        missing = [a for a in STANDARD_ARGS[2:] if a not in named]
+        if missing and not var_kw:
+            problems.append(f"__init__ does not accept the standard block argument(s) {', '.join(missing)}")
+        own = [p for p in params if p not in positional[:2] and p.kind not in variadic]
     required = [p.name for p in own if p.default is kinds.empty]
     if required:
         problems.append(
@@ -108,12 +112,8 @@ def _output_problem(x: Tensor, out: object) -> str | None:
     return None
 
 
-def _fresh_block(entry: Any, config: Any) -> nn.Module:
-    return entry.cls(
-        config.dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-        norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate, drop_path=0.0,
-        **config.scheme_options,
-    )
+def _fresh_block(entry: Any, config: Any, args: BlockArgs) -> nn.Module:
+    return build_block(entry.cls, args, config.scheme_options)
 
 
 def probe_first_forward(entry: Any, model: nn.Module) -> None:
@@ -132,7 +132,7 @@ def probe_first_forward(entry: Any, model: nn.Module) -> None:
     try:
         if param is not None and param.is_meta:
             with torch.device("cpu"):
-                block = _fresh_block(entry, config)
+                block = _fresh_block(entry, config, model.blocks[0].args)
             param = next(block.parameters(), None)
         device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
         x = torch.zeros(1, layout_tokens(grid, entry.cls.cls_token), config.dim, device=device, dtype=dtype)

@@ -5,6 +5,20 @@ because the schemes differ in more than the attention call (divided adds a tempo
 branch with its own norm; axial stacks three attentions). It receives the tokens and the
 patch grid and returns tokens of the same shape.
 
+The backbone hands every block the same standard arguments as one :class:`BlockArgs`; a scheme's
+constructor takes ``args`` and its own keyword options only, so the registry reads the options
+off the signature and nothing repeats the standard list::
+
+    @register_scheme("mine")
+    class Mine(SoftmaxBlock):
+        def __init__(self, args: BlockArgs, window: int = 3) -> None:
+            super().__init__(args)
+            ...
+
+Schemes written against the first interface (``__init__(self, dim, num_heads, mlp_ratio=...,
+..., drop_path=...)`` or ``__init__(self, dim, num_heads, **block_args)``) keep working:
+:func:`build_block` calls them the old way and :class:`SchemeBlock` accepts the old arguments.
+
 Token layouts, chosen by the class attribute ``cls_token``:
 
 * ``"shared"``: ``[B, 1 + T*H*W, D]``, one CLS token first, then patches in ``(t, h, w)``
@@ -16,7 +30,9 @@ Token layouts, chosen by the class attribute ``cls_token``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
@@ -38,11 +54,117 @@ class Grid(NamedTuple):
         return self.t * self.h * self.w
 
 
+@dataclass(frozen=True)
+class BlockArgs:
+    """The standard arguments of every block: the backbone's width, heads and regularisation.
+
+    Frozen and shared by all blocks of a model except ``drop_path``, which grows with depth
+    (stochastic depth's linear rule), so each block gets its own copy via :meth:`replace`.
+    """
+
+    dim: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    drop_path: float = 0.0
+
+    @classmethod
+    def coerce(cls, args: Any, *more: Any, **named: Any) -> BlockArgs:
+        """``args`` itself, or a ``BlockArgs`` from the first interface's ``(dim, num_heads, ...)``."""
+        if isinstance(args, BlockArgs):
+            if more or named:
+                raise TypeError("pass either a BlockArgs or the separate standard arguments, not both")
+            return args
+        return cls(args, *more, **named)
+
+    def replace(self, **changes: Any) -> BlockArgs:
+        return BlockArgs(**{**asdict(self), **changes})
+
+
+#: The standard argument names, in the first interface's positional order.
+STANDARD_ARGS: tuple[str, ...] = tuple(f.name for f in fields(BlockArgs))
+
+
+def takes_block_args(cls: type) -> bool:
+    """Whether ``cls.__init__`` is the second interface: its first argument is ``args``."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[1:2] == ["args"]
+
+
+def build_block(cls: type, args: BlockArgs, options: Mapping[str, Any]) -> nn.Module:
+    """One block of scheme ``cls``: ``cls(args, **options)``, or the first interface's call."""
+    if takes_block_args(cls):
+        return cls(args, **options)
+    rest = {k: v for k, v in asdict(args).items() if k not in ("dim", "num_heads")}
+    return cls(args.dim, args.num_heads, **rest, **options)
+
+
+def own_options(cls: type) -> dict[str, Any]:
+    """A scheme's own keyword options and their defaults (``None`` where it has none)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    skip = {"args"} if takes_block_args(cls) else set(STANDARD_ARGS)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in params
+        if p.name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+class SideBranch:
+    """A residual side branch of a block: its own norm, attention and zero-initialised projection.
+
+    Divided's temporal step, axial's time and width steps and local_global's local step are this
+    branch, each with its own way of choosing who attends to whom (the ``attend`` callable).
+    The three modules are registered on the block itself as ``<prefix>_norm1``,
+    ``<prefix>_attn`` and ``<prefix>_fc`` (the official TimeSformer names), not inside a
+    sub-module, so official, Hugging Face and vattn checkpoints keep their keys; this object
+    only groups them, and :meth:`SchemeBlock.reset_parameters` zeroes each branch's ``fc`` so a
+    fresh block starts as the image model's block.
+    """
+
+    def __init__(self, block: nn.Module, prefix: str, args: BlockArgs) -> None:
+        self.prefix = prefix
+        block.add_module(f"{prefix}_norm1", nn.LayerNorm(args.dim, eps=args.norm_eps))
+        block.add_module(f"{prefix}_attn", Attention(args.dim, args.num_heads, args.qkv_bias, args.attn_drop, args.drop))
+        block.add_module(f"{prefix}_fc", nn.Linear(args.dim, args.dim))
+        self._block = block
+
+    @property
+    def norm(self) -> nn.LayerNorm:
+        return getattr(self._block, f"{self.prefix}_norm1")
+
+    @property
+    def attn(self) -> Attention:
+        return getattr(self._block, f"{self.prefix}_attn")
+
+    @property
+    def fc(self) -> nn.Linear:
+        return getattr(self._block, f"{self.prefix}_fc")
+
+    def __call__(self, x: Tensor, attend: Callable[[Attention, Tensor], Tensor]) -> Tensor:
+        """The branch's residual ``fc(attend(attn, norm(x)))``, in ``x``'s layout.
+
+        ``attend`` folds the tokens for the branch's attention and applies stochastic depth
+        where the scheme's reference does (divided: per temporal line, as the official code).
+        """
+        return self.fc(attend(self.attn, self.norm(x)))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+
 class SchemeBlock(nn.Module):
     """Base class of a scheme: one block mapping ``(x, grid) -> x`` with ``x.shape`` kept.
 
-    Subclasses take the standard block arguments below plus their own keyword options, and
-    set the class attributes:
+    Subclasses take ``args: BlockArgs`` plus their own keyword options (each with a default),
+    and set the class attributes:
 
     * ``cls_token``: the token layout (see the module docstring).
     * ``uses_time_embed``: whether the backbone adds a temporal position embedding.
@@ -50,7 +172,7 @@ class SchemeBlock(nn.Module):
     * ``flop_handles`` (optional): ``{"namespace::op": handle}`` fvcore op handles for custom
       ops the scheme calls (``handle(inputs, outputs) -> flops``), so FLOP counts include them.
 
-    The contract is checked by :mod:`vattn_cli.zoo.conformance` (``vattn zoo --check``);
+    The contract is checked by :mod:`vattn_cli.measure.conformance` (``vattn zoo --check``);
     ``docs/adding-a-scheme.md`` is the guide.
     """
 
@@ -59,20 +181,31 @@ class SchemeBlock(nn.Module):
     description: ClassVar[str] = ""
     flop_handles: ClassVar[dict[str, Callable[..., Any]]] = {}
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
+    def __init__(self, args: BlockArgs | int, *legacy: Any, **legacy_named: Any) -> None:
         super().__init__()
-        self.dim = dim
-        self.num_heads = num_heads
+        self.args = BlockArgs.coerce(args, *legacy, **legacy_named)
+        self.dim = self.args.dim
+        self.num_heads = self.args.num_heads
+        self.branches: list[SideBranch] = []
+
+    def add_branch(self, prefix: str) -> SideBranch:
+        """A new :class:`SideBranch` on this block (modules ``<prefix>_norm1/_attn/_fc``)."""
+        branch = SideBranch(self, prefix, self.args)
+        self.branches.append(branch)
+        return branch
+
+    def reset_parameters(self) -> None:
+        """Called by the backbone after its ViT initialisation: the block's own initial state.
+
+        The default zeroes every side branch's projection (TimeSformer's zero ``temporal_fc``)
+        and calls ``reset_temporal``, the first interface's name for this hook.
+        """
+        for branch in self.branches:
+            branch.reset_parameters()
+        self.reset_temporal()
+
+    def reset_temporal(self) -> None:
+        """The first interface's initialisation hook; override :meth:`reset_parameters` instead."""
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -84,22 +217,13 @@ class PreNormBlock(SchemeBlock):
     Subclasses implement :meth:`attend`, which sees the normalised tokens and the grid.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.drop_path = DropPath(drop_path)
+    def __init__(self, args: BlockArgs | int, *legacy: Any, **legacy_named: Any) -> None:
+        super().__init__(args, *legacy, **legacy_named)
+        a = self.args
+        self.norm1 = nn.LayerNorm(a.dim, eps=a.norm_eps)
+        self.norm2 = nn.LayerNorm(a.dim, eps=a.norm_eps)
+        self.mlp = Mlp(a.dim, int(a.dim * a.mlp_ratio), drop=a.drop)
+        self.drop_path = DropPath(a.drop_path)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -112,16 +236,7 @@ class PreNormBlock(SchemeBlock):
 class SoftmaxBlock(PreNormBlock):
     """A pre-norm block whose mixing is one multi-head softmax :class:`Attention` ``attn``."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+    def __init__(self, args: BlockArgs | int, *legacy: Any, **legacy_named: Any) -> None:
+        super().__init__(args, *legacy, **legacy_named)
+        a = self.args
+        self.attn = Attention(a.dim, a.num_heads, qkv_bias=a.qkv_bias, attn_drop=a.attn_drop, proj_drop=a.drop)

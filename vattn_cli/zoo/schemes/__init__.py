@@ -1,15 +1,5 @@
-"""Built-in schemes, one per file; importing this package registers them all.
+"""Built-in schemes, one per file, each named as the scheme it registers.
 
-The import order is the listing order: TimeSformer's five in the paper's order, then RSA and
-StructSA.
+Nothing is imported here: :mod:`vattn_cli.zoo.catalog` lists the schemes from the file names
+and imports a file when its scheme is first used (listing order: ``catalog.BUILTIN_ORDER``).
 """
-
-# isort: off
-from vattn_cli.zoo.schemes import space  # noqa: F401
-from vattn_cli.zoo.schemes import joint  # noqa: F401
-from vattn_cli.zoo.schemes import divided  # noqa: F401
-from vattn_cli.zoo.schemes import local_global  # noqa: F401
-from vattn_cli.zoo.schemes import axial  # noqa: F401
-from vattn_cli.zoo.schemes import rsa  # noqa: F401
-from vattn_cli.zoo.schemes import structsa  # noqa: F401
-# isort: on

@@ -27,11 +27,10 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from vattn_cli.zoo.layers import Attention
-from vattn_cli.zoo.registry import register_scheme
-from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+from vattn_cli.zoo.catalog import register_scheme
+from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
 
 Axis = Literal["t", "w", "h"]
 
@@ -44,30 +43,10 @@ class AxialAttention(SoftmaxBlock):
     cls_token = "shared"
     description = "attention along time, then width, then height (TimeSformer axial T+W+H)"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
-        self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.temporal_fc = nn.Linear(dim, dim)
-        self.width_norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.width_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.width_fc = nn.Linear(dim, dim)
-
-    def reset_temporal(self) -> None:
-        """Zero the time and width projections so the block starts as the image model's block."""
-        for fc in (self.temporal_fc, self.width_fc):
-            nn.init.zeros_(fc.weight)
-            nn.init.zeros_(fc.bias)
+    def __init__(self, args: BlockArgs) -> None:
+        super().__init__(args)
+        self.temporal = self.add_branch("temporal")  # temporal_norm1, temporal_attn, temporal_fc
+        self.width = self.add_branch("width")  # width_norm1, width_attn, width_fc
 
     def attend_axis(self, axis: Axis, cls: Tensor | None, patches: Tensor, grid: Grid) -> tuple[Tensor | None, Tensor]:
         """One step's attention output on normalised tokens: ``(cls_out, patches_out)``.
@@ -87,11 +66,11 @@ class AxialAttention(SoftmaxBlock):
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         cls, patches = x[:, :1], x[:, 1:]
-        _, res = self.attend_axis("t", None, self.temporal_norm1(patches), grid)
-        x = torch.cat([cls, patches + self.temporal_fc(self.drop_path(res))], dim=1)
-        for axis, norm, fc in (("w", self.width_norm1, self.width_fc), ("h", self.norm1, None)):
-            y = norm(x)
-            res = torch.cat(self.attend_axis(axis, y[:, :1], y[:, 1:], grid), dim=1)
-            res = self.drop_path(res)
-            x = x + (res if fc is None else fc(res))
+        res = self.temporal(patches, lambda _, y: self.drop_path(self.attend_axis("t", None, y, grid)[1]))
+        x = torch.cat([cls, patches + res], dim=1)
+        x = x + self.width(x, lambda _, y: self.drop_path(self._attend_with_cls("w", y, grid)))
+        x = x + self.drop_path(self._attend_with_cls("h", self.norm1(x), grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _attend_with_cls(self, axis: Axis, y: Tensor, grid: Grid) -> Tensor:
+        return torch.cat(self.attend_axis(axis, y[:, :1], y[:, 1:], grid), dim=1)

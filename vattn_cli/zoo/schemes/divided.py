@@ -16,9 +16,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vattn_cli.zoo.layers import Attention
-from vattn_cli.zoo.registry import register_scheme
-from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+from vattn_cli.zoo.catalog import register_scheme
+from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
 
 
 @register_scheme("divided")
@@ -26,35 +25,19 @@ class DividedAttention(SoftmaxBlock):
     cls_token = "shared"
     description = "temporal then spatial attention per block (TimeSformer divided_space_time)"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
-        self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.temporal_fc = nn.Linear(dim, dim)
-
-    def reset_temporal(self) -> None:
-        """Zero the temporal projection so the block starts as the image model's block."""
-        nn.init.zeros_(self.temporal_fc.weight)
-        nn.init.zeros_(self.temporal_fc.bias)
+    def __init__(self, args: BlockArgs) -> None:
+        super().__init__(args)
+        self.temporal = self.add_branch("temporal")  # temporal_norm1, temporal_attn, temporal_fc
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         t, h, w = grid
         cls, patches = x[:, :1], x[:, 1:]
 
-        tokens = rearrange(patches, "b (t h w) d -> (b h w) t d", t=t, h=h, w=w)
-        res = self.drop_path(self.temporal_attn(self.temporal_norm1(tokens)))
-        res = rearrange(res, "(b h w) t d -> b (t h w) d", h=h, w=w)
-        patches = patches + self.temporal_fc(res)
+        def along_time(attn: nn.Module, y: Tensor) -> Tensor:
+            lines = rearrange(y, "b (t h w) d -> (b h w) t d", t=t, h=h, w=w)
+            return rearrange(self.drop_path(attn(lines)), "(b h w) t d -> b (t h w) d", h=h, w=w)
+
+        patches = patches + self.temporal(patches, along_time)
 
         frames = rearrange(patches, "b (t n) d -> (b t) n d", t=t)
         frames = torch.cat([cls.repeat_interleave(t, dim=0), frames], dim=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vattn_cli.zoo.registry import register_scheme
+from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
 
 

@@ -41,11 +41,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from vattn_cli.zoo.layers import Attention
-from vattn_cli.zoo.registry import register_scheme
-from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+from vattn_cli.zoo.catalog import register_scheme
+from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
 
 
 def local_extent(n: int) -> int:
@@ -137,26 +137,9 @@ class LocalGlobalAttention(SoftmaxBlock):
     cls_token = "shared"
     description = "local T x H/2 x W/2 window then stride-2 sparse global attention (TimeSformer L+G)"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
-        self.local_norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.local_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.local_fc = nn.Linear(dim, dim)
-
-    def reset_temporal(self) -> None:
-        """Zero the local projection so the block starts as a (sparse) image-model block."""
-        nn.init.zeros_(self.local_fc.weight)
-        nn.init.zeros_(self.local_fc.bias)
+    def __init__(self, args: BlockArgs) -> None:
+        super().__init__(args)
+        self.local = self.add_branch("local")  # local_norm1, local_attn, local_fc
 
     def local_attention(self, x: Tensor, grid: Grid) -> Tensor:
         """Step 1 on normalised patch tokens ``[B, T*H*W, D]`` (no CLS)."""
@@ -168,7 +151,7 @@ class LocalGlobalAttention(SoftmaxBlock):
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         cls, patches = x[:, :1], x[:, 1:]
-        res = self.drop_path(self.local_attention(self.local_norm1(patches), grid))
-        x = torch.cat([cls, patches + self.local_fc(res)], dim=1)
+        res = self.local(patches, lambda _, y: self.drop_path(self.local_attention(y, grid)))
+        x = torch.cat([cls, patches + res], dim=1)
         x = x + self.drop_path(self.global_attention(self.norm1(x), grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -48,8 +48,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vattn_cli.errors import UsageError
-from vattn_cli.zoo.registry import register_scheme
-from vattn_cli.zoo.scheme import Grid, PreNormBlock
+from vattn_cli.zoo.catalog import register_scheme
+from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.schemes._grid import triple
 
 #: L2 normalisation floor (the official layer uses 1e-6).
@@ -133,21 +133,14 @@ class RSABlock(PreNormBlock):
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
+        args: BlockArgs,
         window: int | Sequence[int] = (5, 7, 7),
         heads: int | None = None,
     ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
+        super().__init__(args)
         self.attn = RelationalAttention(
-            dim, num_heads if heads is None else heads, triple("RSA window", window, odd=True),
-            qkv_bias=qkv_bias, proj_drop=drop,
+            args.dim, args.num_heads if heads is None else heads, triple("RSA window", window, odd=True),
+            qkv_bias=args.qkv_bias, proj_drop=args.drop,
         )
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:

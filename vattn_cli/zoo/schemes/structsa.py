@@ -47,8 +47,8 @@ from torch import Tensor, nn
 
 from vattn_cli.errors import UsageError, one_of
 from vattn_cli.zoo.layers import Attention
-from vattn_cli.zoo.registry import register_scheme
-from vattn_cli.zoo.scheme import Grid, PreNormBlock
+from vattn_cli.zoo.catalog import register_scheme
+from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.schemes._grid import triple
 
 SHARE_MODES = ("head", "channel")
@@ -118,26 +118,19 @@ class StructSABlock(PreNormBlock):
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
+        args: BlockArgs,
         patterns: int = 4,
         window: int | Sequence[int] = (3, 3, 3),
         kv_stride: int | Sequence[int] = 1,
         share: str = "head",
     ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path)
+        super().__init__(args)
         if isinstance(patterns, bool) or not isinstance(patterns, int) or patterns < 1:
             raise UsageError(f"invalid StructSA patterns {patterns!r}; expected an integer >= 1")
         self.attn = StructuralAttention(
-            dim, num_heads, patterns=patterns, window=triple("StructSA window", window, odd=True),
+            args.dim, args.num_heads, patterns=patterns, window=triple("StructSA window", window, odd=True),
             kv_stride=triple("StructSA kv_stride", kv_stride, spatial_int=True), share=share,
-            qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop,
+            qkv_bias=args.qkv_bias, attn_drop=args.attn_drop, proj_drop=args.drop,
         )
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
