@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from vattn_cli.zoo import Grid, SoftmaxBlock
+from vattn_cli.zoo import BlockArgs, Grid, SoftmaxBlock
 
 
 def temporal_shift(x: Tensor, fold: int) -> Tensor:
@@ -50,13 +50,13 @@ class TemporalShiftAttention(SoftmaxBlock):
     uses_time_embed = True
     description = "attention within each frame after a temporal channel shift (TSM / TokShift)"
 
-    def __init__(self, dim: int, num_heads: int, *, shift_div: int = 8, **block_args) -> None:
-        # block_args: the standard mlp_ratio, qkv_bias, norm_eps, drop, attn_drop, drop_path,
-        # handed on to SoftmaxBlock, which builds the norms, the attention and the MLP.
-        super().__init__(dim, num_heads, **block_args)
+    def __init__(self, args: BlockArgs, shift_div: int = 8) -> None:
+        # args: the backbone's standard block arguments (width, heads, dropout rates), handed on
+        # to SoftmaxBlock, which builds the norms, the attention and the MLP from them.
+        super().__init__(args)
         if shift_div < 2:
             raise ValueError(f"shift_div must be >= 2 (two slices move), got {shift_div}")
-        self.fold = dim // shift_div
+        self.fold = args.dim // shift_div
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         # x is the normalised input of the residual branch, [B, T*(1+H*W), D].
