@@ -53,10 +53,12 @@ class VideoTransformerConfig:
 
 
 def block_args(config: VideoTransformerConfig) -> BlockArgs:
-    """The standard block arguments a config gives (``drop_path`` is set per block by depth)."""
+    """The standard block arguments a config gives (``drop_path`` and ``index`` are set per block)."""
+    side = config.img_size // config.patch
     return BlockArgs(
         config.dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
         norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
+        depth=config.depth, grid=Grid(config.frames, side, side),
     )
 
 
@@ -105,7 +107,8 @@ class VideoTransformer(nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
         args = block_args(config)
         self.blocks = nn.ModuleList(
-            build_block(block_cls, args.replace(drop_path=rate), config.scheme_options) for rate in rates
+            build_block(block_cls, args.replace(drop_path=rate, index=i), config.scheme_options)
+            for i, rate in enumerate(rates)
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()

@@ -30,9 +30,10 @@ Token layouts, chosen by the class attribute ``cls_token``:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
@@ -56,10 +57,15 @@ class Grid(NamedTuple):
 
 @dataclass(frozen=True)
 class BlockArgs:
-    """The standard arguments of every block: the backbone's width, heads and regularisation.
+    """The standard arguments of every block: the backbone's width, heads and regularisation,
+    and where the block sits.
 
-    Frozen and shared by all blocks of a model except ``drop_path``, which grows with depth
-    (stochastic depth's linear rule), so each block gets its own copy via :meth:`replace`.
+    Frozen; each block gets its own copy (via :meth:`replace`) because ``drop_path`` grows with
+    depth (stochastic depth's linear rule) and ``index`` counts the blocks. ``index`` and
+    ``depth`` let a scheme alternate between blocks (Swin's shifted windows on every other
+    block); ``grid`` is the patch grid of the clip the model is built for, for parameters
+    sized by it (relative position tables). A block still gets the grid of each clip in
+    ``forward``, which may differ: resize such parameters there, never assume ``grid``.
     """
 
     dim: int
@@ -70,6 +76,9 @@ class BlockArgs:
     drop: float = 0.0
     attn_drop: float = 0.0
     drop_path: float = 0.0
+    index: int = 0
+    depth: int = 1
+    grid: Grid | None = None
 
     @classmethod
     def coerce(cls, args: Any, *more: Any, **named: Any) -> BlockArgs:
@@ -81,11 +90,12 @@ class BlockArgs:
         return cls(args, *more, **named)
 
     def replace(self, **changes: Any) -> BlockArgs:
-        return BlockArgs(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
 
-#: The standard argument names, in the first interface's positional order.
-STANDARD_ARGS: tuple[str, ...] = tuple(f.name for f in fields(BlockArgs))
+#: The standard arguments of the first interface, in its positional order (``index``,
+#: ``depth`` and ``grid`` came with the second and are not passed to first-interface schemes).
+STANDARD_ARGS: tuple[str, ...] = tuple(f.name for f in fields(BlockArgs))[:8]
 
 
 def takes_block_args(cls: type) -> bool:
@@ -101,7 +111,7 @@ def build_block(cls: type, args: BlockArgs, options: Mapping[str, Any]) -> nn.Mo
     """One block of scheme ``cls``: ``cls(args, **options)``, or the first interface's call."""
     if takes_block_args(cls):
         return cls(args, **options)
-    rest = {k: v for k, v in asdict(args).items() if k not in ("dim", "num_heads")}
+    rest = {k: getattr(args, k) for k in STANDARD_ARGS[2:]}
     return cls(args.dim, args.num_heads, **rest, **options)
 
 
