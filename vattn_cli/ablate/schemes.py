@@ -26,23 +26,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from vattn_cli import measure as m
+from vattn_cli.ablate.config import (  # noqa: F401 (re-exported: the torch-free home of the defaults)
+    BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES, POS_EMBED_SCHEME,
+    POS_EMBEDS, StudyConfig,
+)
 from vattn_cli.errors import UsageError
 from vattn_cli.report.rowlog import RowLog
 
+if TYPE_CHECKING:  # pragma: no cover - pandas loads where a frame is made, so planning stays instant
+    import pandas as pd
+
 CSV_NAME = "schemes.csv"
 POS_CSV_NAME = "pos_embed.csv"
-BUILTIN_DATA = ("builtin:motion", "builtin:appearance")
-#: Token settings of the default study: two frame counts at one tiny resolution.
-DEFAULT_FRAMES = (4, 8)
-DEFAULT_SIZES = (32,)
-POS_EMBEDS = ("none", "space", "space-time")
-#: (train, val) videos generated per built-in task when ``StudyConfig.clips`` is None.
-DEFAULT_CLIPS = {"motion": (384, 96), "appearance": (160, 96)}
 #: Accuracy columns after the contract's measurement columns. ``pair_acc``: percent of val clips
 #: of a time-reversal class pair whose true class outscores its reversal (chance 50; empty when
 #: the data has no such pairs). ``chance_top1``: 100 / classes.
@@ -90,45 +88,12 @@ def dataset_name(spec: str) -> str:
     return Path(spec).stem or Path(spec).name
 
 
-@dataclass
-class StudyConfig:
-    """How each run is trained, evaluated and profiled (the same for every run of a study).
-
-    The defaults are sized for README's main command on a 2-core CPU (28 runs in under 20
-    minutes): tiny model, patch 8 at 32 px (16 tokens a frame), 6 epochs of 384 motion clips in
-    batches of 8, AdamW 5e-4, with the engine's from-scratch initialisation. At this budget the
-    tiny ``divided`` model learns the motion task's reversal pairs (98-99% at 8 frames, seeds 0
-    and 1); 5 epochs or 288 clips left it at chance with TimeSformer's initialisation.
-
-    ``data_options`` go to the built-in generator only; ``clips`` sets its (train, val) video
-    counts, one pair for every built-in task (it overrides ``train``/``val`` in ``data_options``),
-    or ``None`` for :data:`DEFAULT_CLIPS` (the appearance task is learnt from fewer clips, so it
-    gets fewer than the motion task).
-    """
-
-    model: str = "tiny"
-    epochs: int = 6
-    batch: int = 8
-    lr: float | None = 5e-4
-    workers: int = 1
-    device: str = "cpu"
-    patch: int | None = 8
-    views: str = "1x1"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    data_options: dict[str, Any] = field(default_factory=lambda: {"frames": 9, "size": 32})
-    clips: tuple[int, int] | None = None
-    cache_dir: str | None = None
-    root: str | None = None
-    measures: tuple[str, ...] = m.MEASURES
-    repeats: int = 3  # latency repeats: cheap, this study's point is accuracy
-
-
 def plan(
     data: Sequence[str],
     schemes: Sequence[str],
     frames: Sequence[int] = DEFAULT_FRAMES,
     sizes: Sequence[int] = DEFAULT_SIZES,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     val: Sequence[str] | None = None,
     pos_embeds: Sequence[str | None] = (None,),
 ) -> list[Run]:
@@ -153,8 +118,9 @@ def plan(
             for f, s in tokens for seed in seeds for pe in pos_embeds for scheme in schemes]
 
 
-def pos_embed_plan(data: Sequence[str], scheme: str, frames: Sequence[int], sizes: Sequence[int],
-                   seeds: Sequence[int] = (0,), val: Sequence[str] | None = None,
+def pos_embed_plan(data: Sequence[str], scheme: str = POS_EMBED_SCHEME, frames: Sequence[int] = POS_EMBED_FRAMES,
+                   sizes: Sequence[int] = DEFAULT_SIZES, seeds: Sequence[int] = DEFAULT_SEEDS,
+                   val: Sequence[str] | None = None,
                    pos_embeds: Sequence[str] = POS_EMBEDS) -> list[Run]:
     """The paper's Table 4: one scheme, each kind of position embedding."""
     return plan(data, [scheme], frames, sizes, seeds, val, pos_embeds)
@@ -252,6 +218,8 @@ class Result:
 
 def read_rows(path: Path, runs: Sequence[Run]) -> pd.DataFrame:
     """The plan's rows of the CSV in plan order (other rows, e.g. of a wider earlier study, are left out)."""
+    import pandas as pd
+
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
     order = {r.key(): i for i, r in enumerate(runs)}
     frame["_order"] = [order.get(row_key(row)) for row in frame.to_dict(orient="records")]

@@ -22,22 +22,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vattn_cli import measure as m
-from vattn_cli.report import plots
+from vattn_cli.ablate.config import BASE_FRAMES, BASE_SIZE, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES
+from vattn_cli.measure.setting import Setting
 from vattn_cli.report.rowlog import RowLog
+
+if TYPE_CHECKING:  # pragma: no cover - numpy, pandas and matplotlib load where a frame or figure is made,
+    import pandas as pd  # so planning (and `vattn ablate tokens` usage errors) stays instant
 
 CSV_NAME = "tokens.csv"
 SUMMARY_NAME = "tokens.md"
 #: ``tokens.csv`` columns: the contract's, then how each row was timed.
 COLUMNS = m.ROW_COLUMNS + [c for c in m.EXTRA_COLUMNS if c != "mfu"]
-DEFAULT_FRAMES = (8, 32, 64, 96)
-DEFAULT_SIZES = (224, 336, 448, 560)
-#: The paper's base setting: a sweep over one axis holds the other here when it is swept.
-BASE_FRAMES, BASE_SIZE = 8, 224
+#: Defaults (torch-free home: :mod:`vattn_cli.ablate.config`).
+DEFAULT_FRAMES, DEFAULT_SIZES = TOKENS_FRAMES, TOKENS_SIZES
 #: (column, panel title, axis label) of each cost; the label's ``{step}`` names the timed step.
 METRICS = (
     ("gflops", "Compute", "GFLOPs per clip (multiply-adds)"),
@@ -93,12 +93,12 @@ def plan(
     frames: Sequence[int] = DEFAULT_FRAMES,
     sizes: Sequence[int] = DEFAULT_SIZES,
     *,
-    model: str = "base",
+    model: str = TOKENS_MODEL,
     patch: int | None = None,
-    batch: int = 1,
-    mode: str = "infer",
-    dtype: str = "fp32",
-    device: str = "cpu",
+    batch: int = Setting.batch,
+    mode: str = Setting.mode,
+    dtype: str = Setting.dtype,
+    device: str = Setting.device,
     grid: bool = False,
 ) -> Plan:
     """The study's combinations: frames at the base size and sizes at the base frame count
@@ -124,6 +124,8 @@ def fit_exponent(tokens: Sequence[float], values: Sequence[float]) -> float:
 
     NaN unless there are two distinct token counts with positive values.
     """
+    import numpy as np
+
     x, y = np.asarray(tokens, dtype=float), np.asarray(values, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     x, y = np.log(x[keep]), np.log(y[keep])
@@ -143,6 +145,8 @@ def exponents(frame: pd.DataFrame, plan_: Plan) -> pd.DataFrame:
     A point counts for a cost wherever that cost was measured: FLOPs are counted even for a
     combination that then ran out of memory, so the FLOP exponent covers the whole sweep.
     """
+    import pandas as pd
+
     records = []
     for sweep, _ in plan_.sweeps():
         rows = plan_.members(frame, sweep)
@@ -173,6 +177,10 @@ def _setting_words(frame: pd.DataFrame) -> str:
 
 def plot_sweeps(frame: pd.DataFrame, plan_: Plan, out: Path) -> list[Path]:
     """One figure per sweep, a panel per measured cost against tokens; PNG and SVG."""
+    import pandas as pd
+
+    from vattn_cli.report import plots
+
     styles = plots.group_styles(list(plan_.schemes))
     step = "train step" if plan_.settings and plan_.settings[0].mode == "train" else "forward pass"
     paths: list[Path] = []
@@ -199,6 +207,8 @@ def _fmt(value: object, digits: int = 2) -> str:
 
 def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, plan_: Plan, figures: Sequence[Path]) -> str:
     """``tokens.md``: what was run, the growth exponents per sweep, and the figures."""
+    import pandas as pd
+
     counts = frame["status"].map(lambda s: "error" if str(s).startswith("error") else s).value_counts()
     lines = [
         "# vattn ablate tokens", "",
@@ -245,6 +255,8 @@ class Result:
 
 def read_rows(path: Path, plan_: Plan) -> pd.DataFrame:
     """The plan's rows of ``tokens.csv``, in plan order (rows of other runs are left out)."""
+    import pandas as pd
+
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
     order = {s.key(): i for i, s in enumerate(plan_.settings)}
     position = [order.get(m.row_key(row)) for row in frame.to_dict(orient="records")]
@@ -271,6 +283,8 @@ def run(
     Without ``resume`` an existing ``tokens.csv`` is refused (never overwritten); with it, the
     combinations already in the file are skipped and ``log`` says how many.
     """
+    import pandas as pd
+
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

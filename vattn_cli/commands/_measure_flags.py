@@ -1,27 +1,36 @@
 """Flags of the commands that measure (``profile``, ``ablate tokens``): declared and parsed once.
 
-Each flag is an ``Annotated`` type, so a command declares ``warmup: Warmup = 1`` and picks its
-own default while the name, bounds and help text stay the same everywhere.
-:func:`parse_measure_flags` turns the raw values into what :func:`vattn_cli.measure.sweep` takes.
+Each flag is an ``Annotated`` type with default None ("not given"), so a command declares
+``warmup: Warmup = None`` and the library's :class:`~vattn_cli.measure.setting.RunOptions` (or
+the study's own defaults) fills what is not given; help texts print those values, generated
+from the same objects. :func:`parse_measure_flags` checks the raw values without importing torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import torch
 import typer
 
-from vattn_cli.commands._options import choice_list, resolve_device, seed_everything
+from vattn_cli.commands._options import choice_list, given
 from vattn_cli.errors import UsageError
+from vattn_cli.measure.parsing import parse_repeats, parse_size
+from vattn_cli.measure.setting import DTYPES, MEASURES, MODES, RunOptions, Setting
+from vattn_cli.runtime import DEFAULT_DEVICE, DEVICES, check_device_name, resolve_device, seed_everything
 
-Mode = Annotated[str, typer.Option("--mode", help="infer (forward) or train (forward+backward+AdamW step).")]
-Measure = Annotated[str, typer.Option("--measure", help="params,flops,latency,memory or 'all'.")]
-Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before timing.")]
-Repeats = Annotated[str, typer.Option("--repeats", help="Timed runs: N, or 'auto' to fill --time-budget.")]
-TimeBudget = Annotated[float, typer.Option(
-    "--time-budget", min=0.0, help="Seconds of timed runs for --repeats auto (at least 3 runs).")]
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Mode = Annotated[Optional[str], typer.Option(
+    "--mode", help=f"{' or '.join(MODES)}: forward, or forward+backward+AdamW step (default: {Setting.mode}).")]
+Measure = Annotated[Optional[str], typer.Option(
+    "--measure", help=f"{','.join(MEASURES)} or 'all' (default: all).")]
+Warmup = Annotated[Optional[int], typer.Option(
+    "--warmup", min=0, help=f"Untimed runs before timing (default: {RunOptions.warmup}).")]
+Repeats = Annotated[Optional[str], typer.Option(
+    "--repeats", help=f"Timed runs: N, or 'auto' to fill --time-budget (default: {RunOptions.repeats}).")]
 MaxMemory = Annotated[Optional[str], typer.Option(
     "--max-memory", help="Cap per combination, e.g. 500MB, 2GB: past it the row is status=oom.")]
 Threads = Annotated[Optional[int], typer.Option(
@@ -30,31 +39,54 @@ Timeout = Annotated[Optional[float], typer.Option(
     "--timeout", min=1.0, help="Seconds per combination before its worker is stopped.")]
 Isolate = Annotated[bool, typer.Option(
     "--isolate/--no-isolate", help="One worker process per combination (honest memory, survives OOM).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for weights and inputs.")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]} (default: {DEFAULT_DEVICE}).")]
+Seed = Annotated[Optional[int], typer.Option(
+    "--seed", help=f"Seed for weights and inputs (default: {RunOptions.seed}).")]
+
+
+def time_budget_flag(default: float) -> Any:
+    """The ``--time-budget`` flag of a command whose library default is ``default`` seconds."""
+    return Annotated[Optional[float], typer.Option(
+        "--time-budget", min=0.0, help=f"Seconds of timed runs for --repeats auto, at least 3 runs (default: {default:g}).")]
+
+
+def dtype_flag(what: str) -> Any:
+    """``--dtype``: ``what`` says whether the command takes one or a list."""
+    return Annotated[Optional[str], typer.Option(
+        "--dtype", help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (autocast){what} (default: {Setting.dtype}).")]
 
 
 @dataclass(frozen=True)
 class MeasureFlags:
     """The parsed measurement flags: where, what, how, and the memory cap."""
 
-    device: torch.device
+    device: str  # the --device name; :meth:`start` resolves it
     measures: list[str]
-    options: object  # vattn_cli.measure.RunOptions (imported lazily: keeps `vattn --help` fast)
+    options: RunOptions
     max_memory: int | None
 
+    def start(self) -> torch.device:
+        """Resolve the device and seed everything: the first step that needs torch."""
+        device = resolve_device(self.device)
+        seed_everything(self.options.seed)
+        return device
 
-def parse_measure_flags(*, device: str, measure: str, warmup: int, repeats: str, time_budget: float,
-                        seed: int, threads: int | None, max_memory: str | None, isolate: bool) -> MeasureFlags:
-    """Validate the shared flags (one-line :class:`UsageError` naming the flag) and seed everything."""
-    from vattn_cli import measure as m
 
-    torch_device = resolve_device(device)
-    measures = choice_list("--measure", measure, list(m.MEASURES))
-    options = m.RunOptions(warmup=warmup, repeats=m.parse_repeats(repeats), budget_s=time_budget, seed=seed,
-                           threads=threads)
-    cap = m.parse_size(max_memory)
+def parse_measure_flags(*, device: str | None, measure: str | None, warmup: int | None, repeats: str | None,
+                        time_budget: float | None, seed: int | None, threads: int | None, max_memory: str | None,
+                        isolate: bool, defaults: RunOptions | None = None) -> MeasureFlags:
+    """Check the shared flags (one-line :class:`UsageError` naming the flag), without torch.
+
+    Flags not given take their values from ``defaults`` (the library's :class:`RunOptions`
+    unless the command's study has its own).
+    """
+    name = check_device_name(device if device is not None else DEFAULT_DEVICE)
+    measures = choice_list("--measure", measure, list(MEASURES)) if measure is not None else list(MEASURES)
+    options = dataclasses.replace(defaults or RunOptions(), **given(
+        warmup=warmup, repeats=parse_repeats(repeats) if repeats is not None else None, budget_s=time_budget,
+        seed=seed, threads=threads))
+    cap = parse_size(max_memory)
     if cap and not isolate:
         raise UsageError("--max-memory needs worker processes; drop --no-isolate")
-    seed_everything(seed)
-    return MeasureFlags(torch_device, measures, options, cap)
+    return MeasureFlags(name, measures, options, cap)

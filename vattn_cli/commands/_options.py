@@ -1,15 +1,14 @@
-"""Flag parsing shared by the commands: comma lists, devices, seeds.
+"""Flag parsing shared by the commands: comma lists, choices, schemes, and "given" values.
 
 Every parser raises :class:`~vattn_cli.errors.UsageError` naming the flag, the bad value and
-what is accepted, so the CLI can print one line and exit 2.
+what is accepted, so the CLI can print one line and exit 2. Nothing here imports torch, numpy or
+pandas: usage errors and ``--help`` answer at once. Device and seeds are in
+:mod:`vattn_cli.runtime` (the engine needs them too, and must not import the CLI).
 """
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
-import torch
+from typing import Any
 
 from vattn_cli.errors import UsageError, one_of
 
@@ -47,31 +46,40 @@ def choice_list(flag: str, text: str, accepted: list[str]) -> list[str]:
     return items
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a usage error."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise one_of("--device", name, ["auto", "cpu", "cuda"])
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("invalid --device 'cuda': no CUDA device is available; use cpu or auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run repeats."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def one_choice(flag: str, text: str, accepted: list[str]) -> str:
+    """A single name from ``accepted`` (where a command takes one value, not a list)."""
+    items = split_list(flag, text)
+    if len(items) != 1:
+        raise UsageError(f"invalid {flag} {text!r}; expected one value (accepted: {', '.join(accepted)})")
+    if items[0] not in accepted:
+        raise one_of(flag, items[0], accepted)
+    return items[0]
 
 
 def scheme_list(flag: str, text: str) -> list[str]:
     """Parse a scheme list: registered names, import paths ``module.path:Class``, and ``all``.
 
     ``all`` (every registered and discovered scheme) may sit beside import paths
-    (``all,my_mod:MyAttention``). Each is resolved now (an import path is imported and checked), so a bad one fails with one
-    line before any work starts; ``all`` is every registered and discovered scheme.
+    (``all,my_mod:MyAttention``). Each is checked now, so a bad one fails with one line before any
+    work starts; a known name is checked without importing torch, an import path is imported.
     """
-    from vattn_cli.zoo.registry import resolve_scheme_names
+    from vattn_cli.zoo.catalog import resolve_scheme_names
 
     return resolve_scheme_names(split_list(flag, text), label=flag)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The flags the user gave (not None): passed on, so the library's defaults fill the rest.
+
+    Each default has one home, the library's config object or function; the CLI never retypes it.
+    """
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def default_text(value: Any) -> str:
+    """A library default as help text shows it: ``8,32`` for a tuple, ``none`` for None."""
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from vattn_cli.commands._measure_flags import (
-    Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, TimeBudget, Timeout, Warmup, parse_measure_flags,
+from vattn_cli.ablate.config import (
+    ALL_SCHEMES, BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES, POS_EMBED_SCHEME,
+    POS_EMBEDS, TOKENS_BUDGET_S, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES, StudyConfig,
 )
-from vattn_cli.commands._options import choice_list, int_list, scheme_list, split_list
+from vattn_cli.commands._measure_flags import (
+    Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
+    parse_measure_flags, time_budget_flag,
+)
+from vattn_cli.commands._options import choice_list, default_text, given, int_list, one_choice, scheme_list, split_list
+from vattn_cli.engine.config import parse_views
 from vattn_cli.errors import RunError, UsageError
+from vattn_cli.measure.setting import DTYPES, MODES, RunOptions, Setting
 from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console
+from vattn_cli.runtime import DEFAULT_DEVICE, check_device_name
+from vattn_cli.zoo.catalog import DEFAULTS, SIZES
 
 ablate_app = typer.Typer(
     name="ablate",
@@ -25,14 +34,6 @@ ablate_app = typer.Typer(
     "Example: vattn ablate schemes --out runs/schemes",
     no_args_is_help=True,
 )
-
-
-def _one(flag: str, text: str, accepted: list[str]) -> str:
-    """A single name from ``accepted`` (the study draws one line per scheme, not per model)."""
-    items = choice_list(flag, text, accepted)
-    if len(items) != 1:
-        raise UsageError(f"invalid {flag} {text!r}; expected one value (accepted: {', '.join(accepted)})")
-    return items[0]
 
 
 def _show_exponents(table, quiet: bool) -> None:
@@ -45,29 +46,39 @@ def _show_exponents(table, quiet: bool) -> None:
                                     title="growth exponents (log-log slope of cost against tokens)"))
 
 
+SchemesFlag = Annotated[Optional[str], typer.Option(
+    "--schemes", "--scheme", help="Schemes, comma-separated: names, import paths module.path:Class, or 'all' "
+    f"(default: {default_text(ALL_SCHEMES)}). --scheme is an alias.")]
+TokensTimeBudget = time_budget_flag(TOKENS_BUDGET_S)
+OneDtype = dtype_flag("")
+
+
 @ablate_app.command("tokens")
 def tokens(
     out: Path = typer.Option(..., "--out", help="Folder for tokens.csv, tokens.md and the figures."),
-    schemes: str = typer.Option("all", "--schemes", help="Schemes, comma-separated, import paths module:Class, or 'all'."),
-    frames: str = typer.Option("8,32,64,96", "--frames", help="Frame counts to sweep, comma-separated."),
-    sizes: str = typer.Option("224,336,448,560", "--sizes", help="Resolutions in pixels to sweep, comma-separated."),
+    schemes: SchemesFlag = None,
+    frames: str = typer.Option(None, "--frames", help="Frame counts to sweep, comma-separated "
+                               f"(default: {default_text(TOKENS_FRAMES)})."),
+    sizes: str = typer.Option(None, "--sizes", help="Resolutions in pixels to sweep, comma-separated "
+                              f"(default: {default_text(TOKENS_SIZES)})."),
     grid: bool = typer.Option(False, "--grid", help="Every frames x size combination instead of the two sweeps."),
-    model: str = typer.Option("base", "--model", help="One size (tiny, small, base, large) or preset."),
-    patch: int = typer.Option(None, "--patch", min=1, help="Patch size in pixels (default 16, or the preset's)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Clips per step."),
-    mode: Mode = "infer",
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
-    measure: Measure = "all",
-    warmup: Warmup = 1,
-    repeats: Repeats = "auto",
-    time_budget: TimeBudget = 2.0,
+    model: str = typer.Option(None, "--model", help=f"One size ({', '.join(SIZES)}) or preset (default: {TOKENS_MODEL})."),
+    patch: int = typer.Option(None, "--patch", min=1, help=f"Patch size in pixels (default: {DEFAULTS['patch']}, or "
+                              "the preset's)."),
+    batch: int = typer.Option(None, "--batch", min=1, help=f"Clips per step (default: {Setting.batch})."),
+    mode: Mode = None,
+    dtype: OneDtype = None,
+    measure: Measure = None,
+    warmup: Warmup = None,
+    repeats: Repeats = None,
+    time_budget: TokensTimeBudget = None,
     max_memory: MaxMemory = None,
     threads: Threads = None,
     timeout: Timeout = None,
     isolate: Isolate = True,
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/tokens.csv: skip the combinations it has."),
-    device: Device = "auto",
-    seed: Seed = 0,
+    device: Device = None,
+    seed: Seed = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables, no progress bar; only the files."),
 ) -> None:
     """Sweep frames and resolution; cost (GFLOPs, latency, peak memory) against tokens per scheme.
@@ -82,19 +93,24 @@ def tokens(
 
     Example: vattn ablate tokens --schemes joint,divided --max-memory 32GB --out runs/fig3 --resume
     """
-    from vattn_cli import measure as m
     from vattn_cli.ablate import tokens as study
-    from vattn_cli.zoo.registry import list_models
+    from vattn_cli.zoo.catalog import list_models
 
     flags = parse_measure_flags(device=device, measure=measure, warmup=warmup, repeats=repeats,
                                 time_budget=time_budget, seed=seed, threads=threads, max_memory=max_memory,
-                                isolate=isolate)
-    plan = study.plan(
-        scheme_list("--schemes", schemes), int_list("--frames", frames), int_list("--sizes", sizes),
-        model=_one("--model", model, list_models()), patch=patch, batch=batch,
-        mode=_one("--mode", mode, list(m.MODES)), dtype=_one("--dtype", dtype, list(m.DTYPES)),
-        device=flags.device.type, grid=grid,
+                                isolate=isolate, defaults=RunOptions(budget_s=TOKENS_BUDGET_S))
+    names = scheme_list("--schemes", schemes if schemes is not None else default_text(ALL_SCHEMES))
+    choices = given(
+        frames=int_list("--frames", frames) if frames is not None else None,
+        sizes=int_list("--sizes", sizes) if sizes is not None else None,
+        model=one_choice("--model", model, list_models()) if model is not None else None,
+        patch=patch, batch=batch,
+        mode=one_choice("--mode", mode, list(MODES)) if mode is not None else None,
+        dtype=one_choice("--dtype", dtype, list(DTYPES)) if dtype is not None else None,
     )
+    study.plan(names, grid=grid, **choices)  # checks every combination before torch loads
+    device_type = flags.start().type
+    plan = study.plan(names, grid=grid, device=device_type, **choices)
 
     def say(message: str) -> None:
         if not quiet:
@@ -102,7 +118,7 @@ def tokens(
 
     result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
                        timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say)
-    emit(result.frame, quiet=quiet, title=f"vattn ablate tokens ({flags.device.type})",
+    emit(result.frame, quiet=quiet, title=f"vattn ablate tokens ({device_type})",
          columns=["scheme", "frames", "size", "tokens", "gflops", "latency_ms", "peak_mem_mb", "status"])
     _show_exponents(result.exponents, quiet)
     say(f"measured {result.measured}, skipped {result.skipped}; wrote " + ", ".join(str(p) for p in result.files))
@@ -114,48 +130,86 @@ def tokens(
 
 # ----------------------------------------------------------------------------- accuracy studies
 
-DataFlag = Annotated[str, typer.Option("--data", help="Datasets, comma-separated: builtin:motion, builtin:appearance, "
-                                       "video lists or folders of lists.")]
-ValFlag = Annotated[str, typer.Option("--val", help="Validation lists, one per --data list (builtin data and folders "
-                                      "bring their own).")]
-FramesFlag = Annotated[str, typer.Option("--frames", help="Frame counts (token settings), comma-separated.")]
-SizesFlag = Annotated[str, typer.Option("--sizes", help="Resolutions in pixels (token settings), comma-separated.")]
-ModelFlag = Annotated[str, typer.Option("--model", help="Model size (tiny, small, base, large).")]
-EpochsFlag = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per run.")]
-SeedsFlag = Annotated[int, typer.Option("--seeds", min=1, help="Seeds per setting (--seed, --seed+1, ...); "
-                                        "several give error bars.")]
-BatchFlag = Annotated[int, typer.Option("--batch", min=1, help="Clips per training step.")]
-LrFlag = Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")]
-WorkersFlag = Annotated[int, typer.Option("--workers", min=0, help="Data loader worker processes.")]
-ClipsFlag = Annotated[str, typer.Option("--clips", help="Built-in data only: TRAIN,VAL videos generated per task "
-                                        "(default: 384,96 for motion, 160,96 for appearance).")]
-PatchFlag = Annotated[int, typer.Option("--patch", min=1, help="Patch size in pixels (8 at the default 32 px: "
-                                        "16 tokens a frame).")]
-ViewsFlag = Annotated[str, typer.Option("--views", help="Evaluation views TxS (temporal clips x spatial crops).")]
-CacheFlag = Annotated[Path, typer.Option("--cache-dir", help="Where built-in data is generated (default: the "
-                                         "user cache).")]
-ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue OUT: skip finished runs, resume a run killed "
-                                          "midway from its last.pt.")]
+DataFlag = Annotated[Optional[str], typer.Option(
+    "--data", help="Datasets, comma-separated: builtin:motion, builtin:appearance, video lists or folders of lists "
+    f"(default: {default_text(BUILTIN_DATA)}).")]
+ValFlag = Annotated[Optional[str], typer.Option(
+    "--val", help="Validation lists, one per --data list (builtin data and folders bring their own).")]
+FramesFlag = Annotated[Optional[str], typer.Option(
+    "--frames", help=f"Frame counts (token settings), comma-separated (default: {default_text(DEFAULT_FRAMES)}).")]
+SizesFlag = Annotated[Optional[str], typer.Option(
+    "--sizes", help=f"Resolutions in pixels (token settings), comma-separated (default: {default_text(DEFAULT_SIZES)}).")]
+ModelFlag = Annotated[Optional[str], typer.Option(
+    "--model", help=f"Model size ({', '.join(SIZES)}) (default: {StudyConfig.model}).")]
+EpochsFlag = Annotated[Optional[int], typer.Option(
+    "--epochs", min=1, help=f"Training epochs per run (default: {StudyConfig.epochs}).")]
+SeedsFlag = Annotated[Optional[int], typer.Option(
+    "--seeds", min=1, help="Seeds per setting (--seed, --seed+1, ...); several give error bars "
+    f"(default: {len(DEFAULT_SEEDS)}).")]
+BatchFlag = Annotated[Optional[int], typer.Option(
+    "--batch", min=1, help=f"Clips per training step (default: {StudyConfig.batch}).")]
+LrFlag = Annotated[Optional[float], typer.Option(
+    "--lr", min=0.0, help=f"Peak learning rate, AdamW with cosine decay (default: {StudyConfig.lr:g}).")]
+WorkersFlag = Annotated[Optional[int], typer.Option(
+    "--workers", min=0, help=f"Data loader worker processes (default: {StudyConfig.workers}).")]
+ClipsFlag = Annotated[Optional[str], typer.Option(
+    "--clips", help="Built-in data only: TRAIN,VAL videos generated per task (default: "
+    + ", ".join(f"{default_text(counts)} for {task}" for task, counts in DEFAULT_CLIPS.items()) + ").")]
+PatchFlag = Annotated[Optional[int], typer.Option(
+    "--patch", min=1, help=f"Patch size in pixels (default: {StudyConfig.patch}).")]
+ViewsFlag = Annotated[Optional[str], typer.Option(
+    "--views", help=f"Evaluation views TxS, temporal clips x spatial crops (default: {StudyConfig.views}).")]
+CacheFlag = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Where built-in data is generated (default: the user cache).")]
+ResumeFlag = Annotated[bool, typer.Option(
+    "--resume", help="Continue OUT: skip finished runs, resume a run killed midway from its last.pt.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No tables, no progress bars; only the files.")]
+StudySeed = Annotated[Optional[int], typer.Option(
+    "--seed", help=f"First seed of each setting (default: {DEFAULT_SEEDS[0]}).")]
 
 
-def _study_config(*, model: str, epochs: int, batch: int, lr: float, workers: int, device: str, clips: str | None,
-                  views: str, cache_dir: Path | None, patch: int):
-    from vattn_cli.ablate import schemes as study
-    from vattn_cli.commands._options import resolve_device
-    from vattn_cli.engine.data import parse_views
-    from vattn_cli.zoo.registry import SIZES
+def _study_config(*, model: str | None, epochs: int | None, batch: int | None, lr: float | None,
+                  workers: int | None, device: str | None, clips: str | None, views: str | None,
+                  cache_dir: Path | None, patch: int | None) -> StudyConfig:
+    """The flags given, over :class:`StudyConfig`'s defaults (checked without torch, but the device)."""
+    from vattn_cli.runtime import resolve_device
 
     counts = None
     if clips is not None:
         counts = int_list("--clips", clips)
         if len(counts) != 2 or min(counts) < 1:
             raise UsageError(f"invalid --clips {clips!r}; expected TRAIN,VAL, e.g. 384,96")
-    parse_views(views)
-    return study.StudyConfig(
-        model=_one("--model", model, list(SIZES)), epochs=epochs, batch=batch, lr=lr, workers=workers,
-        device=resolve_device(device).type, views=views, cache_dir=str(cache_dir) if cache_dir else None,
+    if views is not None:
+        parse_views(views)
+    check_device_name(device if device is not None else DEFAULT_DEVICE)
+    values = given(
+        model=one_choice("--model", model, list(SIZES)) if model is not None else None, epochs=epochs,
+        batch=batch, lr=lr, workers=workers, views=views, cache_dir=str(cache_dir) if cache_dir else None,
         clips=tuple(counts) if counts else None, patch=patch,
+    )
+    return StudyConfig(device=resolve_device(device if device is not None else DEFAULT_DEVICE).type, **values)
+
+
+def _seeds(seed: int | None, seeds: int | None) -> list[int] | None:
+    """``--seed`` and ``--seeds`` as the seed list; None (the study's default) when neither is given."""
+    if seed is None and seeds is None:
+        return None
+    first = DEFAULT_SEEDS[0] if seed is None else seed
+    return list(range(first, first + (len(DEFAULT_SEEDS) if seeds is None else seeds)))
+
+
+def _data(data: str | None) -> list[str]:
+    return split_list("--data", data) if data is not None else list(BUILTIN_DATA)
+
+
+def _plan_options(val: str | None, frames: str | None, sizes: str | None, seed: int | None,
+                  seeds: int | None) -> dict:
+    """The given --val/--frames/--sizes/--seed(s), parsed; the plan's own defaults fill the others."""
+    return given(
+        val=split_list("--val", val) if val else None,
+        frames=int_list("--frames", frames) if frames is not None else None,
+        sizes=int_list("--sizes", sizes) if sizes is not None else None,
+        seeds=_seeds(seed, seeds),
     )
 
 
@@ -177,48 +231,50 @@ def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: 
     say(f"trained {result.trained}, skipped {result.skipped}; outputs: " + ", ".join(str(p) for p in result.files))
 
 
-@ablate_app.command("schemes")
+_SCHEMES_HELP = f"""Train, evaluate and profile every scheme at every token setting: accuracy against compute.
+
+For each dataset x scheme x (frames, size) x seed: trains the model (OUT/runs/<dataset>/<run>/, the engine's checkpoints), evaluates top-1/top-5 on the val split, and measures params, GFLOPs per view, latency and peak memory; one row per run goes to OUT/schemes.csv as soon as it finishes. A killed study continues with --resume (finished runs are skipped, a run killed midway resumes from its last.pt); without --resume an existing schemes.csv is an error.
+
+Writes OUT/accuracy_vs_gflops.png|svg (top-1 against GFLOPs, one panel per dataset, Pareto frontier) and OUT/summary.md (the TimeSformer paper's Table 1 shape). On builtin:motion, the reversal-pair accuracy (pair_acc) shows which schemes see the order of frames.
+
+The defaults ({StudyConfig.model} model, {default_text(DEFAULT_SIZES)} px with {StudyConfig.patch} px patches, {StudyConfig.epochs} epochs, {DEFAULT_CLIPS['motion'][0]} generated motion and {DEFAULT_CLIPS['appearance'][0]} appearance clips) finish on a 2-core CPU in under 20 minutes; on a GPU raise --sizes, --frames, --epochs and --clips.
+
+Example: vattn ablate schemes --out runs/schemes
+
+Example: vattn ablate schemes --data train.csv --val val.csv --schemes space,divided,joint --frames 8 --sizes 224 --model small --epochs 30 --out runs/mine
+"""
+
+
+@ablate_app.command("schemes", help=_SCHEMES_HELP)
 def schemes(
     out: Path = typer.Option(..., "--out", help="Folder for schemes.csv, summary.md, the figure and runs/."),
-    data: DataFlag = "builtin:motion,builtin:appearance",
+    data: DataFlag = None,
     val: ValFlag = None,
-    schemes: str = typer.Option("all", "--schemes", help="Schemes, comma-separated, import paths module:Class, or 'all'."),
-    frames: FramesFlag = "4,8",
-    sizes: SizesFlag = "32",
-    model: ModelFlag = "tiny",
-    epochs: EpochsFlag = 6,
-    seeds: SeedsFlag = 1,
-    batch: BatchFlag = 8,
-    lr: LrFlag = 5e-4,
-    workers: WorkersFlag = 1,
+    schemes: SchemesFlag = None,
+    frames: FramesFlag = None,
+    sizes: SizesFlag = None,
+    model: ModelFlag = None,
+    epochs: EpochsFlag = None,
+    seeds: SeedsFlag = None,
+    batch: BatchFlag = None,
+    lr: LrFlag = None,
+    workers: WorkersFlag = None,
     clips: ClipsFlag = None,
-    patch: PatchFlag = 8,
-    views: ViewsFlag = "1x1",
+    patch: PatchFlag = None,
+    views: ViewsFlag = None,
     cache_dir: CacheFlag = None,
     resume: ResumeFlag = False,
-    device: Device = "auto",
-    seed: Seed = 0,
+    device: Device = None,
+    seed: StudySeed = None,
     quiet: QuietFlag = False,
 ) -> None:
-    """Train, evaluate and profile every scheme at every token setting: accuracy against compute.
-
-    For each dataset x scheme x (frames, size) x seed: trains the model (OUT/runs/<dataset>/<run>/, the engine's checkpoints), evaluates top-1/top-5 on the val split, and measures params, GFLOPs per view, latency and peak memory; one row per run goes to OUT/schemes.csv as soon as it finishes. A killed study continues with --resume (finished runs are skipped, a run killed midway resumes from its last.pt); without --resume an existing schemes.csv is an error.
-
-    Writes OUT/accuracy_vs_gflops.png|svg (top-1 against GFLOPs, one panel per dataset, Pareto frontier) and OUT/summary.md (the TimeSformer paper's Table 1 shape). On builtin:motion, the reversal-pair accuracy (pair_acc) shows which schemes see the order of frames.
-
-    The defaults (tiny model, 32 px with 8 px patches, 6 epochs, 384 generated motion and 160 appearance clips) finish on a 2-core CPU in under 20 minutes; on a GPU raise --sizes, --frames, --epochs and --clips.
-
-    Example: vattn ablate schemes --out runs/schemes
-
-    Example: vattn ablate schemes --data train.csv --val val.csv --schemes space,divided,joint --frames 8 --sizes 224 --model small --epochs 30 --out runs/mine
-    """
+    """Accuracy against compute, every scheme (help: ``_SCHEMES_HELP``, generated from the defaults)."""
     from vattn_cli.ablate import schemes as study
 
+    names = scheme_list("--schemes", schemes if schemes is not None else default_text(ALL_SCHEMES))
+    runs = study.plan(_data(data), names, **_plan_options(val, frames, sizes, seed, seeds))
     config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
                            clips=clips, views=views, cache_dir=cache_dir, patch=patch)
-    runs = study.plan(split_list("--data", data), scheme_list("--schemes", schemes), int_list("--frames", frames),
-                      int_list("--sizes", sizes), list(range(seed, seed + seeds)),
-                      split_list("--val", val) if val else None)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.CSV_NAME,
                title="Accuracy against compute (vattn ablate schemes)", label="scheme")
 
@@ -226,25 +282,28 @@ def schemes(
 @ablate_app.command("pos-embed")
 def pos_embed(
     out: Path = typer.Option(..., "--out", help="Folder for pos_embed.csv, pos_embed.md, the figure and runs/."),
-    scheme: str = typer.Option("divided", "--scheme", help="The scheme whose position embeddings are varied."),
-    pos_embeds: str = typer.Option("none,space,space-time", "--pos-embeds", help="none, space, space-time."),
-    data: DataFlag = "builtin:motion,builtin:appearance",
+    scheme: str = typer.Option(None, "--scheme", "--schemes", help="The one scheme whose position embeddings are "
+                               f"varied (default: {POS_EMBED_SCHEME}). --schemes is an alias."),
+    pos_embeds: str = typer.Option(None, "--pos-embeds", help=f"Position embeddings to compare, comma-separated: "
+                                   f"{', '.join(POS_EMBEDS)} (default: {default_text(POS_EMBEDS)})."),
+    data: DataFlag = None,
     val: ValFlag = None,
-    frames: FramesFlag = "8",
-    sizes: SizesFlag = "32",
-    model: ModelFlag = "tiny",
-    epochs: EpochsFlag = 6,
-    seeds: SeedsFlag = 1,
-    batch: BatchFlag = 8,
-    lr: LrFlag = 5e-4,
-    workers: WorkersFlag = 1,
+    frames: str = typer.Option(None, "--frames", help="Frame counts (token settings), comma-separated "
+                               f"(default: {default_text(POS_EMBED_FRAMES)})."),
+    sizes: SizesFlag = None,
+    model: ModelFlag = None,
+    epochs: EpochsFlag = None,
+    seeds: SeedsFlag = None,
+    batch: BatchFlag = None,
+    lr: LrFlag = None,
+    workers: WorkersFlag = None,
     clips: ClipsFlag = None,
-    patch: PatchFlag = 8,
-    views: ViewsFlag = "1x1",
+    patch: PatchFlag = None,
+    views: ViewsFlag = None,
     cache_dir: CacheFlag = None,
     resume: ResumeFlag = False,
-    device: Device = "auto",
-    seed: Seed = 0,
+    device: Device = None,
+    seed: StudySeed = None,
     quiet: QuietFlag = False,
 ) -> None:
     """Train one scheme with no, space-only and space-time position embeddings (the paper's Table 4).
@@ -255,15 +314,14 @@ def pos_embed(
     """
     from vattn_cli.ablate import schemes as study
 
-    config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
-                           clips=clips, views=views, cache_dir=cache_dir, patch=patch)
-    names = scheme_list("--scheme", scheme)
+    names = scheme_list("--scheme", scheme if scheme is not None else POS_EMBED_SCHEME)
     if len(names) != 1:
         raise UsageError(f"invalid --scheme {scheme!r}; expected one scheme")
-    runs = study.pos_embed_plan(split_list("--data", data), names[0], int_list("--frames", frames),
-                                int_list("--sizes", sizes), list(range(seed, seed + seeds)),
-                                split_list("--val", val) if val else None,
-                                choice_list("--pos-embeds", pos_embeds, list(study.POS_EMBEDS)))
+    kinds = choice_list("--pos-embeds", pos_embeds, list(POS_EMBEDS)) if pos_embeds is not None else None
+    runs = study.pos_embed_plan(_data(data), names[0], **_plan_options(val, frames, sizes, seed, seeds),
+                                **given(pos_embeds=kinds))
+    config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
+                           clips=clips, views=views, cache_dir=cache_dir, patch=patch)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.POS_CSV_NAME,
                title=f"Position embeddings of {names[0]} (vattn ablate pos-embed)", label="pos_embed")
 

@@ -7,46 +7,63 @@ import sys
 import typer
 
 from vattn_cli.commands._measure_flags import (
-    Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, TimeBudget, Timeout, Warmup, parse_measure_flags,
+    Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
+    parse_measure_flags, time_budget_flag,
 )
-from vattn_cli.commands._options import choice_list, int_list, scheme_list
+from vattn_cli.commands._options import choice_list, given, int_list, scheme_list
 from vattn_cli.errors import RunError, UsageError
+from vattn_cli.measure.setting import DTYPES, MODES, RunOptions, Setting
 from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console
+from vattn_cli.zoo.catalog import DEFAULTS, PRESETS, SIZES
+
+TimeBudget = time_budget_flag(RunOptions.budget_s)
+Dtypes = dtype_flag(", comma-separated")
 
 
-def _peak_from_flag(text: str | None, device, dtypes: list[str], calibrate_now: bool) -> dict[str, float] | None:
-    from vattn_cli.measure import calibrate
-
-    if calibrate_now:
-        return {d: calibrate.calibrate(device, d) for d in dtypes}
-    if text is None:
-        return None
-    if text.strip().lower() == "cached":
-        return {d: calibrate.cached_peak(device, d) for d in dtypes}
+def _peak_value(text: str | None) -> float | str | None:
+    """``--peak-tflops``: a positive number, ``cached`` or not given (checked before torch loads)."""
+    if text is None or text.strip().lower() == "cached":
+        return None if text is None else "cached"
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"invalid --peak-tflops {text!r}; expected a number of TFLOP/s or 'cached'") from None
     if value <= 0:
         raise UsageError(f"invalid --peak-tflops {text!r}; expected a positive number")
+    return value
+
+
+def _peaks(value: float | str | None, device, dtypes: list[str], calibrate_now: bool) -> dict[str, float] | None:
+    from vattn_cli.measure import calibrate
+
+    if calibrate_now:
+        return {d: calibrate.calibrate(device, d) for d in dtypes}
+    if value is None:
+        return None
+    if value == "cached":
+        return {d: calibrate.cached_peak(device, d) for d in dtypes}
     return {d: value for d in dtypes}
 
 
 def profile(
-    scheme: str = typer.Option(None, "--scheme", help="Schemes, comma-separated, or 'all'."),
-    model: str = typer.Option(None, "--model", help="Sizes (tiny, small, base, large) or presets (timesformer, "
-                              "timesformer-hr, timesformer-l), comma-separated (default base); a preset sets scheme, "
-                              "frames and size unless given."),
-    frames: str = typer.Option(None, "--frames", help="Frames per clip, comma-separated (default 8, or the preset's)."),
-    size: str = typer.Option(None, "--size", help="Frame resolution in pixels, comma-separated (default 224, or the preset's)."),
-    patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated (default 16)."),
-    batch: str = typer.Option("1", "--batch", help="Clips per step, comma-separated."),
-    mode: Mode = "infer",
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast), comma-separated."),
-    measure: Measure = "all",
-    warmup: Warmup = 1,
-    repeats: Repeats = "auto",
-    time_budget: TimeBudget = 5.0,
+    scheme: str = typer.Option(None, "--scheme", "--schemes", help="Schemes, comma-separated: names, import paths "
+                               "module.path:Class, or 'all'. --schemes is an alias."),
+    model: str = typer.Option(None, "--model", help=f"Sizes ({', '.join(SIZES)}) or presets ({', '.join(PRESETS)}), "
+                              f"comma-separated (default: {DEFAULTS['size']}); a preset sets scheme, frames and size "
+                              "unless given."),
+    frames: str = typer.Option(None, "--frames", help="Frames per clip, comma-separated "
+                               f"(default: {DEFAULTS['frames']}, or the preset's)."),
+    size: str = typer.Option(None, "--size", help="Frame resolution in pixels, comma-separated "
+                             f"(default: {DEFAULTS['img_size']}, or the preset's)."),
+    patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated "
+                              f"(default: {DEFAULTS['patch']}, or the preset's)."),
+    batch: str = typer.Option(None, "--batch", help=f"Clips per step, comma-separated (default: {Setting.batch})."),
+    mode: Mode = None,
+    dtype: Dtypes = None,
+    measure: Measure = None,
+    warmup: Warmup = None,
+    repeats: Repeats = None,
+    time_budget: TimeBudget = None,
     max_memory: MaxMemory = None,
     threads: Threads = None,
     timeout: Timeout = None,
@@ -57,8 +74,8 @@ def profile(
     isolate: Isolate = True,
     csv: str = typer.Option(None, "--csv", help="Write rows as CSV to PATH, or '-' for stdout."),
     json_path: str = typer.Option(None, "--json", help="Write rows as JSON to PATH, or '-' for stdout."),
-    device: Device = "auto",
-    seed: Seed = 0,
+    device: Device = None,
+    seed: Seed = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, no progress bar; only the files asked for."),
 ) -> None:
     """Measure params, FLOPs, latency, throughput and peak memory of every combination.
@@ -72,39 +89,42 @@ def profile(
     Example: vattn profile --scheme all --frames 8,32 --size 224 --max-memory 4GB --csv -
     """
     from vattn_cli import measure as m
-    from vattn_cli.measure.run import model_config
-    from vattn_cli.zoo.registry import list_models, list_schemes
+    from vattn_cli.zoo.catalog import list_models, list_schemes
 
+    # Every flag is checked before torch is imported: a bad value fails at once.
     flags = parse_measure_flags(device=device, measure=measure, warmup=warmup, repeats=repeats,
                                 time_budget=time_budget, seed=seed, threads=threads, max_memory=max_memory,
                                 isolate=isolate)
-    torch_device = flags.device
-    dtypes = choice_list("--dtype", dtype, list(m.DTYPES))
-    peaks = _peak_from_flag(peak_tflops, torch_device, dtypes, calibrate)
+    dtypes = choice_list("--dtype", dtype, list(DTYPES)) if dtype is not None else None
+    peak = _peak_value(peak_tflops)
     if scheme is None and model is None:
         if calibrate:  # `vattn profile --calibrate` alone: show and exit
             import pandas as pd
 
             from vattn_cli.measure.calibrate import cache_path, device_name
 
+            torch_device = flags.start()
+            peaks = _peaks(peak, torch_device, dtypes or [Setting.dtype], calibrate)
             frame = pd.DataFrame([{"device": device_name(torch_device), "dtype": d, "peak_tflops": p,
                                    "cache": str(cache_path())} for d, p in peaks.items()])
             emit(frame, csv=csv, json_path=json_path, quiet=quiet, title="vattn profile --calibrate")
             return
         raise UsageError("no scheme given; pass --scheme (accepted: " + ", ".join(list_schemes() + ["all"])
                          + ") or a preset --model")
-    settings = m.expand(
+    grid = dict(
         schemes=scheme_list("--scheme", scheme) if scheme else None,
         models=choice_list("--model", model, list_models()) if model else None,
         frames=int_list("--frames", frames) if frames else None,
         sizes=int_list("--size", size) if size else None,
         patches=int_list("--patch", patch) if patch else None,
-        batches=int_list("--batch", batch),
-        modes=choice_list("--mode", mode, list(m.MODES)),
-        dtypes=dtypes,
-        device=torch_device.type,
         compile=compile_,
+        **given(batches=int_list("--batch", batch) if batch else None,
+                modes=choice_list("--mode", mode, list(MODES)) if mode else None, dtypes=dtypes),
     )
+    m.expand(**grid)  # checks every combination (a size the patch does not divide, ...) before torch loads
+    torch_device = flags.start()
+    settings = m.expand(**grid, device=torch_device.type)
+    peaks = _peaks(peak, torch_device, list(dict.fromkeys(s.dtype for s in settings)), calibrate)
     cache: dict = {}
     show_progress = not quiet and sys.stderr.isatty()
     frame = m.sweep(
@@ -116,6 +136,8 @@ def profile(
     title = f"vattn profile ({torch_device.type})"
     emit(frame, csv=csv, json_path=json_path, quiet=quiet, title=title)
     if breakdown and not quiet:
+        from vattn_cli.measure.run import model_config
+
         console = stderr_console if to_stdout else stdout_console
         for setting in dict((s.geometry(), s) for s in settings).values():
             count = cache.get(setting.geometry()) or m.count_model_flops(model_config(setting))

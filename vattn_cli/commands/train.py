@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
+from vattn_cli.commands._options import given, one_choice
+from vattn_cli.engine.config import DEFAULT_LR, DEFAULT_MODEL, NO_VAL, OPTIMIZERS, TrainConfig
+from vattn_cli.errors import UsageError
+from vattn_cli.measure.setting import DTYPES
 from vattn_cli.report.tables import emit
+from vattn_cli.runtime import DEVICES, check_device_name
+from vattn_cli.zoo.catalog import DEFAULTS, SIZES
+
 
 def _epoch_line(row: dict) -> str:
     val = "" if row["val_top1"] != row["val_top1"] else f"  val top1 {row['val_top1']:.1f}  top5 {row['val_top5']:.1f}"
@@ -16,8 +23,6 @@ def _epoch_line(row: dict) -> str:
 
 
 def _scale(text: str) -> tuple[float, float]:
-    from vattn_cli.errors import UsageError
-
     try:
         lo, hi = (float(_fraction(x)) for x in text.split(","))
     except ValueError:
@@ -31,42 +36,58 @@ def _fraction(text: str) -> float:
     return float(num) / float(den) if den else float(num)
 
 
+_LR_DEFAULTS = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
+
+
 def train(
-    scheme: str = typer.Option(None, help="Attention scheme (see vattn zoo); implied by a preset --model or --init."),
+    scheme: str = typer.Option(None, "--scheme", "--schemes", help="Attention scheme (see vattn zoo); implied by a "
+                               "preset --model or --init. --schemes is an alias."),
     data: str = typer.Option(None, help="Training list (path label / path,label) or builtin:motion, builtin:appearance."),
     val: str = typer.Option(None, help="Validation list. Default: the built-in val split for builtin data, else none; "
-                                       "'none' turns validation off."),
+                                       f"'{NO_VAL}' turns validation off."),
     root: str = typer.Option(None, help="Folder the list's video paths are relative to (default: the list's folder)."),
-    model: str = typer.Option(None, help="Model size (tiny, small, base, large) or preset. (default: tiny)"),
-    frames: int = typer.Option(None, help="Frames per clip. (default: the preset's, else 8)"),
-    size: int = typer.Option(None, help="Frame size in pixels (square). (default: the preset's, else 224)"),
-    patch: int = typer.Option(None, help="Patch size in pixels. (default: 16)"),
-    epochs: int = typer.Option(None, help="Epochs. (default: 10)"),
-    batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it). (default: 8)"),
-    lr: float = typer.Option(None, help="Peak learning rate. (default: 5e-4 for adamw, 5e-3 for sgd)"),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (not on norms, biases, embeddings). (default: 0.05)"),
-    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine decay, per step. (default: 1)"),
-    label_smoothing: float = typer.Option(None, "--label-smoothing", help="Label smoothing. (default: 0)"),
-    clip_grad: float = typer.Option(None, "--clip-grad", help="Gradient norm clipping; 0 turns it off. (default: 1)"),
-    optimizer: str = typer.Option(None, help="adamw or sgd (Nesterov momentum 0.9, as in the paper). (default: adamw)"),
-    dtype: str = typer.Option(None, help="fp32, bf16 or fp16 (autocast). (default: fp32)"),
-    workers: int = typer.Option(None, help="Data-loading worker processes. (default: 0)"),
+    model: str = typer.Option(None, help=f"Model size ({', '.join(SIZES)}) or preset (default: {DEFAULT_MODEL}, or the "
+                                         "--init checkpoint's)."),
+    frames: int = typer.Option(None, help=f"Frames per clip (default: the preset's, else {DEFAULTS['frames']})."),
+    size: int = typer.Option(None, help="Frame size in pixels, square "
+                                        f"(default: the preset's, else {DEFAULTS['img_size']})."),
+    patch: int = typer.Option(None, help=f"Patch size in pixels (default: the preset's, else {DEFAULTS['patch']})."),
+    epochs: int = typer.Option(None, help=f"Epochs (default: {TrainConfig.epochs})."),
+    batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it) "
+                                         f"(default: {TrainConfig.batch})."),
+    lr: float = typer.Option(None, help=f"Peak learning rate (default: {_LR_DEFAULTS})."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (not on norms, biases, embeddings) "
+                                       f"(default: {TrainConfig.weight_decay:g})."),
+    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine decay, per step "
+                                        f"(default: {TrainConfig.warmup_epochs:g})."),
+    label_smoothing: float = typer.Option(None, "--label-smoothing",
+                                          help=f"Label smoothing (default: {TrainConfig.label_smoothing:g})."),
+    clip_grad: float = typer.Option(None, "--clip-grad", help="Gradient norm clipping; 0 turns it off "
+                                    f"(default: {TrainConfig.clip_grad:g})."),
+    optimizer: str = typer.Option(None, help=f"{' or '.join(OPTIMIZERS)} (sgd: Nesterov momentum "
+                                             f"{TrainConfig.momentum:g}, as in the paper) (default: {TrainConfig.optimizer})."),
+    dtype: str = typer.Option(None, help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (autocast) "
+                                         f"(default: {TrainConfig.dtype})."),
+    workers: int = typer.Option(None, help=f"Data-loading worker processes (default: {TrainConfig.workers})."),
     init: str = typer.Option(None, help="Start from this checkpoint (ours, official TimeSformer .pyth, HF folder)."),
-    save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps. (default: 0 = each epoch only)"),
+    save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps "
+                                   f"(default: {TrainConfig.save_every}, each epoch only)."),
     train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
-                                    "to a random LO..HI times --size before the random crop. (default: 1,1 on builtin "
-                                    "data, else 8/7,10/7 as PySlowFast)"),
+                                    "to a random LO..HI times --size before the random crop (default: 1,1 on builtin "
+                                    "data, else 8/7,10/7 as PySlowFast)."),
     scratch_init: float = typer.Option(None, "--scratch-init", help="Training from scratch: std of the position "
                                        "and time embeddings, with every linear layer drawn LeCun-normal (also the "
                                        "temporal projections TimeSformer zeroes); 0 keeps TimeSformer's init, made "
                                        "for fine-tuning an image model, with which a fresh model is blind to frame "
-                                       "order for a long while. (default: 1.0)"),
-    val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS. (default: 1x1)"),
+                                       f"order for a long while (default: {TrainConfig.scratch_init:g})."),
+    val_views: str = typer.Option(None, "--val-views", help="Views for the per-epoch validation, TxS "
+                                  f"(default: {TrainConfig.val_views})."),
     out: Path = typer.Option(..., help="Run folder: config.json, metrics.csv, last.pt, best.pt."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where last.pt left it "
                                                          "(flags not given are taken from the run)."),
-    seed: int = typer.Option(None, help="Seed for initialisation, shuffling and augmentation. (default: 0)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (under torchrun: the GPU of LOCAL_RANK)."),
+    seed: int = typer.Option(None, help=f"Seed for initialisation, shuffling and augmentation (default: {TrainConfig.seed})."),
+    device: str = typer.Option(None, help=f"{', '.join(DEVICES)} (under torchrun: the GPU of LOCAL_RANK) "
+                                          f"(default: {TrainConfig.device})."),
     csv: str = typer.Option(None, "--csv", help="Also write the metrics table as CSV to PATH, or '-' for stdout."),
     json_path: str = typer.Option(None, "--json", help="Also write the metrics table as JSON to PATH, or '-' for stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, epoch lines or table."),
@@ -78,27 +99,32 @@ def train(
 
     Example: vattn train --scheme divided --data builtin:motion --model tiny --frames 4 --size 32 --epochs 5 --out runs/divided
     """
-    from vattn_cli.engine import RichProgress, TrainConfig, resume_config, shutdown_distributed
-    from vattn_cli.engine import train as run_training
-    from vattn_cli.errors import UsageError
+    from vattn_cli.zoo.catalog import check_scheme, list_models
 
-    given = {
-        "scheme": scheme, "data": data, "val": val, "root": root, "model": model, "frames": frames, "size": size,
-        "patch": patch, "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "optimizer": optimizer, "dtype": dtype,
-        "workers": workers, "init": init, "scratch_init": scratch_init, "save_every": save_every,
-        "val_views": val_views, "seed": seed,
-        "device": device, "train_scale": _scale(train_scale) if train_scale is not None else None,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
+    values = given(
+        scheme=scheme, data=data, val=val, root=root,
+        model=one_choice("--model", model, list_models()) if model is not None else None,
+        frames=frames, size=size, patch=patch, epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, optimizer=optimizer, dtype=dtype,
+        workers=workers, init=init, scratch_init=scratch_init, save_every=save_every, val_views=val_views, seed=seed,
+        train_scale=_scale(train_scale) if train_scale is not None else None,
+    )
+    # The device is always passed, also on --resume: where a run continues is this machine's choice.
+    values["device"] = check_device_name(device if device is not None else TrainConfig.device)
     if clip_grad is not None:
-        given["clip_grad"] = clip_grad or None  # 0 turns clipping off
-    if resume and (out / "last.pt").exists():
-        config = resume_config(out, given)
-    else:
-        if "data" not in given:
-            raise UsageError("missing --data; give a video list or builtin:motion / builtin:appearance")
-        config = TrainConfig(out_dir=str(out), resume=resume, **given)
+        values["clip_grad"] = clip_grad or None  # 0 turns clipping off
+    if scheme is not None:
+        check_scheme(scheme, label="--scheme")
+    resuming = resume and (out / "last.pt").exists()
+    if not resuming and "data" not in values:
+        raise UsageError("missing --data; give a video list or builtin:motion / builtin:appearance")
+    # Bad values fail here, before torch is imported; the engine checks the config again.
+    TrainConfig(out_dir=str(out), resume=resume, **values).validate()
+
+    from vattn_cli.engine import RichProgress, resume_config, shutdown_distributed
+    from vattn_cli.engine import train as run_training
+
+    config = resume_config(out, values) if resuming else TrainConfig(out_dir=str(out), resume=resume, **values)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     talk = main_rank and not quiet
 

@@ -7,7 +7,6 @@ A run's data is a spec (``builtin:motion``, a list path), a resolved ``DataSpec`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vattn_cli.engine.config import parse_views, views_text  # noqa: F401 (torch-free home, re-exported)
 from vattn_cli.errors import UsageError
 
 
@@ -27,24 +27,6 @@ class PreparedData:
     name: str
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_views(text: str | tuple[int, int]) -> tuple[int, int]:
-    """``"2x3"`` -> ``(2, 3)``: temporal clips x spatial crops."""
-    if isinstance(text, tuple):
-        views = text
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-        if not match:
-            raise UsageError(f"invalid --views {text!r}; expected TxS with integers >= 1, e.g. 1x1, 1x3, 2x3")
-        views = (int(match.group(1)), int(match.group(2)))
-    if min(views) < 1:
-        raise UsageError(f"invalid --views {views[0]}x{views[1]}; expected integers >= 1")
-    return views
-
-
-def views_text(views: tuple[int, int]) -> str:
-    return f"{views[0]}x{views[1]}"
 
 
 def resolve_spec(spec: Any, *, split: str, root: str | None = None, cache_dir: str | None = None,

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vattn_cli.engine import distributed as D
+from vattn_cli.engine.config import EVAL_BATCH, EVAL_DTYPE, EVAL_VIEWS, EVAL_WORKERS
 from vattn_cli.engine.data import PreparedData, make_data_loader, parse_views, prepare, rng_neutral_iter, views_text
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
 from vattn_cli.errors import UsageError, one_of
+from vattn_cli.runtime import DEFAULT_DEVICE, DEFAULT_SEED, resolve_device, seed_everything
 from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -130,13 +132,13 @@ def evaluate(
     model: nn.Module,
     data: Any,
     *,
-    views: tuple[int, int] | str = (1, 1),
+    views: tuple[int, int] | str = EVAL_VIEWS,
     frames: int | None = None,
     size: int | None = None,
-    batch: int = 8,
-    dtype: str = "fp32",
-    workers: int = 0,
-    seed: int = 0,
+    batch: int = EVAL_BATCH,
+    dtype: str = EVAL_DTYPE,
+    workers: int = EVAL_WORKERS,
+    seed: int = DEFAULT_SEED,
     root: str | None = None,
     cache_dir: str | None = None,
     data_options: dict[str, Any] | None = None,
@@ -253,12 +255,12 @@ def eval_checkpoint(
     ckpt: str,
     data: Any,
     *,
-    device: str = "auto",
-    seed: int = 0,
+    device: str = DEFAULT_DEVICE,
+    seed: int = DEFAULT_SEED,
     frames: int | None = None,
     size: int | None = None,
-    batch: int = 8,
-    dtype: str = "fp32",
+    batch: int = EVAL_BATCH,
+    dtype: str = EVAL_DTYPE,
     **options: Any,
 ) -> CheckpointEval:
     """Load any checkpoint ``load_checkpoint`` reads and :func:`evaluate` it (``vattn eval``).
@@ -267,9 +269,7 @@ def eval_checkpoint(
     run code, and a data set with more classes than the checkpoint's head. ``options`` go to
     :func:`evaluate` (``views``, ``workers``, ``per_class``, ``root``, ``progress``...).
     """
-    from vattn_cli.commands._options import resolve_device, seed_everything
-
-    parse_views(options.get("views", (1, 1)))  # bad flags fail before the checkpoint is read
+    parse_views(options.get("views", EVAL_VIEWS))  # bad flags fail before the checkpoint is read
     if dtype not in DTYPES:
         raise one_of("--dtype", dtype, list(DTYPES))
     info = D.init_distributed(resolve_device(device))

@@ -14,12 +14,9 @@ import math
 import torch
 from torch import nn
 
+from vattn_cli.engine.config import DEFAULT_LR, OPTIMIZERS  # noqa: F401 (torch-free home, re-exported)
 from vattn_cli.errors import one_of
 
-OPTIMIZERS = ("adamw", "sgd")
-#: Learning rates used when ``--lr`` is not given. AdamW: what trains the tiny model from scratch on
-#: the built-in tasks (1e-3 stalls there at chance); SGD: the TimeSformer paper's (fine-tuning).
-DEFAULT_LR = {"adamw": 5e-4, "sgd": 5e-3}
 _NO_DECAY = ("pos_embed", "time_embed", "cls_token")
 
 

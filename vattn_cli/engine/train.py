@@ -24,7 +24,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,10 +34,12 @@ from torch import nn
 from vattn_cli import __version__
 from vattn_cli.engine import distributed as D
 from vattn_cli.engine.data import PreparedData, is_builtin, make_data_loader, parse_views, prepare, rng_neutral_iter, set_epoch
-from vattn_cli.engine.evaluate import DTYPES, EvalResult, autocast, evaluate, unwrap
-from vattn_cli.engine.optim import DEFAULT_LR, OPTIMIZERS, build_optimizer, build_scheduler
+from vattn_cli.engine.config import DEFAULT_MODEL, NO_VAL, SCRATCH_INIT, TrainConfig  # noqa: F401 (re-exported)
+from vattn_cli.engine.evaluate import EvalResult, autocast, evaluate, unwrap
+from vattn_cli.engine.optim import build_optimizer, build_scheduler
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
-from vattn_cli.errors import UsageError, one_of
+from vattn_cli.errors import UsageError
+from vattn_cli.runtime import resolve_device, seed_everything
 from vattn_cli.zoo.checkpoints import load_checkpoint, read_checkpoint, restore_rng_states, save_checkpoint
 
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "clips_per_s", "epoch_time_s",
@@ -45,12 +47,6 @@ METRICS_COLUMNS = ["epoch", "step", "train_loss", "val_top1", "val_top5", "lr", 
 #: Config keys a resumed run may change: they do not affect what is computed.
 RESUME_FREE = frozenset({"out_dir", "resume", "device", "workers", "cache_dir", "root", "val_batch", "init",
                          "scratch_init"})  # (init and scratch_init act only when a run starts)
-#: ``val`` value that turns validation off even for built-in data.
-NO_VAL = "none"
-
-
-#: Std of the position embeddings when training from scratch (patch tokens have std ~1).
-SCRATCH_INIT = 1.0
 
 
 def init_from_scratch_(model: nn.Module, std: float) -> None:
@@ -87,96 +83,6 @@ def init_from_scratch_(model: nn.Module, std: float) -> None:
                 nn.init.trunc_normal_(module.weight, std=w, a=-2 * w, b=2 * w)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved as ``config.json`` and in ``last.pt``.
-
-    ``model`` is a size or a preset (default ``tiny``, or the ``init`` checkpoint's); ``frames``/``size``/``patch`` default to the
-    preset's or the registry defaults. ``model_options`` go to ``create_model`` (``dim``,
-    ``depth``, ``drop_path_rate``, a scheme's own options). ``val=None`` uses the built-in
-    val split when ``data`` is built-in, and no validation otherwise; ``"none"`` turns it off.
-    ``lr=None`` takes the optimizer's default (:data:`~vattn_cli.engine.optim.DEFAULT_LR`).
-    ``scratch_init``: std of the position embeddings of a model trained from scratch, which also
-    switches on the rest of :func:`init_from_scratch_`; 0 keeps the zoo's initialisation.
-    """
-
-    out_dir: str
-    scheme: str | None = None
-    data: str = "builtin:appearance"
-    val: str | None = None
-    root: str | None = None
-    cache_dir: str | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    frames: int | None = None
-    size: int | None = None
-    patch: int | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch: int = 8
-    lr: float | None = None
-    min_lr_ratio: float = 0.01
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    clip_grad: float | None = 1.0
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    dtype: str = "fp32"
-    workers: int = 0
-    init: str | None = None
-    save_every: int = 0
-    val_views: str = "1x1"
-    val_batch: int | None = None
-    sampling: str = "uniform"
-    sample_rate: int = 4
-    hflip: bool = False
-    train_scale: tuple[float, float] | None = None  # short side / crop at training; None: see _train_scale
-    scratch_init: float = SCRATCH_INIT
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.train_scale is not None:  # a list from JSON and a tuple compare unequal on resume
-            self.train_scale = tuple(float(x) for x in self.train_scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    @property
-    def base_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.optimizer, 1e-3)
-
-    def validate(self) -> None:
-        """Usage errors for values no run can use, each naming the flag."""
-        checks = [("--epochs", self.epochs, 1), ("--batch", self.batch, 1), ("--workers", self.workers, 0),
-                  ("--save-every", self.save_every, 0)]
-        for flag, value, low in checks:
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"invalid {flag} {value!r}; expected an integer >= {low}")
-        if self.optimizer not in OPTIMIZERS:
-            raise one_of("--optimizer", self.optimizer, list(OPTIMIZERS))
-        if self.dtype not in DTYPES:
-            raise one_of("--dtype", self.dtype, list(DTYPES))
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"invalid --lr {self.lr}; expected a number > 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"invalid --label-smoothing {self.label_smoothing}; expected 0 <= value < 1")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
-        parse_views(self.val_views)
-        if self.scratch_init < 0:
-            raise UsageError(f"invalid --scratch-init {self.scratch_init}; expected a number >= 0")
-        if self.train_scale is not None and not (len(self.train_scale) == 2 and 0 < self.train_scale[0] <= self.train_scale[1]):
-            raise UsageError(f"invalid --train-scale {self.train_scale}; expected LO,HI with 0 < LO <= HI, e.g. 1,1.15")
 
 
 @dataclass
@@ -256,7 +162,7 @@ def _check_same_run(config: TrainConfig, saved: dict[str, Any], path: Path) -> N
 def _build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     from vattn_cli.zoo.registry import create_model, resolve_model
 
-    setting = resolve_model(config.model or "tiny", config.scheme, None, config.frames, config.size, config.patch, num_classes)
+    setting = resolve_model(config.model or DEFAULT_MODEL, config.scheme, None, config.frames, config.size, config.patch, num_classes)
     return create_model(setting["scheme"], size=setting["size"], frames=setting["frames"],
                         img_size=setting["img_size"], patch=setting["patch"], num_classes=num_classes,
                         **config.model_options)
@@ -538,8 +444,6 @@ def train(
     :class:`ProgressEvent` ticks on rank 0. Under torchrun every rank calls this; only rank 0
     writes files. Resuming a run that is already complete trains nothing and returns it.
     """
-    from vattn_cli.commands._options import resolve_device, seed_everything
-
     config.validate()
     info = dist_info or D.init_distributed(resolve_device(config.device))
     out = Path(config.out_dir)

@@ -12,19 +12,34 @@
 
 Every row has the contract's columns (:data:`ROW_COLUMNS`), ``status`` being ``ok``, ``oom`` or
 ``error: <reason>``.
+
+Names load on first use (PEP 562): the torch-free :mod:`vattn_cli.measure.setting` (the row
+contract, :class:`RunOptions`, :func:`expand`) is usable without importing torch.
 """
 
-from vattn_cli.measure.flops import FlopCount, breakdown_frame, count_flops, count_model_flops
-from vattn_cli.measure.isolate import rows_frame, run_isolated, sweep
-from vattn_cli.measure.memory import parse_size
-from vattn_cli.measure.run import run_setting
-from vattn_cli.measure.setting import (
-    DTYPES, EXTRA_COLUMNS, MEASURES, MODES, ROW_COLUMNS, RunOptions, Setting, expand, row_key,
-)
-from vattn_cli.measure.timing import Timing, parse_repeats, time_step
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "DTYPES", "EXTRA_COLUMNS", "MEASURES", "MODES", "ROW_COLUMNS", "FlopCount", "RunOptions", "Setting", "Timing",
-    "breakdown_frame", "count_flops", "count_model_flops", "expand", "parse_repeats", "parse_size",
-    "row_key", "rows_frame", "run_isolated", "run_setting", "sweep", "time_step",
-]
+from vattn_cli._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["FlopCount", "breakdown_frame", "count_flops", "count_model_flops"], "vattn_cli.measure.flops"),
+    **dict.fromkeys(["rows_frame", "run_isolated", "sweep"], "vattn_cli.measure.isolate"),
+    "parse_size": "vattn_cli.measure.parsing",
+    "run_setting": "vattn_cli.measure.run",
+    **dict.fromkeys(["DTYPES", "EXTRA_COLUMNS", "MEASURES", "MODES", "ROW_COLUMNS", "RunOptions", "Setting", "expand",
+                     "row_key"], "vattn_cli.measure.setting"),
+    "parse_repeats": "vattn_cli.measure.parsing",
+    **dict.fromkeys(["Timing", "time_step"], "vattn_cli.measure.timing"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from vattn_cli.measure.flops import FlopCount, breakdown_frame, count_flops, count_model_flops
+    from vattn_cli.measure.isolate import rows_frame, run_isolated, sweep
+    from vattn_cli.measure.parsing import parse_repeats, parse_size
+    from vattn_cli.measure.run import run_setting
+    from vattn_cli.measure.setting import (
+        DTYPES, EXTRA_COLUMNS, MEASURES, MODES, ROW_COLUMNS, RunOptions, Setting, expand, row_key,
+    )
+    from vattn_cli.measure.timing import Timing, time_step

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import re
 import resource
 import sys
 from dataclasses import dataclass
@@ -33,24 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from vattn_cli.errors import UsageError
-
-MiB = 2**20
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """``2GB``, ``500MB``, ``1.5G``, ``800MiB`` -> bytes (units are powers of 1024)."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
-    if not match:
-        raise UsageError(f"invalid --max-memory {text!r}; expected a size like 500MB, 2GB, 1.5G")
-    value = float(match.group(1)) * _UNITS[match.group(2)]
-    if value < 1 * MiB:
-        raise UsageError(f"invalid --max-memory {text!r}; expected at least 1MB")
-    return int(value)
+from vattn_cli.measure.parsing import MiB, parse_size  # noqa: F401 (torch-free home, re-exported)
 
 
 def _status_kib(field: str) -> int | None:

@@ -135,7 +135,7 @@ def expand(
     ``models`` are sizes or presets; a preset sets scheme, frames and size unless those lists are
     given. Raises :class:`UsageError` naming the first bad value.
     """
-    from vattn_cli.zoo.registry import resolve_model, resolve_scheme_names, validate_setting
+    from vattn_cli.zoo.catalog import resolve_model, resolve_scheme_names, validate_setting  # torch-free
 
     if schemes is not None:  # registered names, import paths (module:Class) and "all"
         schemes = resolve_scheme_names(list(schemes))

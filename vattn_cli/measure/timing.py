@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vattn_cli.measure.parsing import parse_repeats  # noqa: F401 (torch-free home, re-exported)
+
 #: ``--repeats auto`` bounds: at least this many runs (quartiles need a few) and at most this.
 AUTO_MIN_REPEATS = 3
 AUTO_MAX_REPEATS = 200
@@ -51,21 +53,6 @@ class Timing:
     def total_s(self) -> float:
         """Time spent in the timed runs (the command's overhead is the rest)."""
         return sum(self.times_s)
-
-
-def parse_repeats(value: str | int) -> int | str:
-    """``--repeats``: a positive integer or ``auto``."""
-    from vattn_cli.errors import UsageError
-
-    if isinstance(value, int) or str(value).strip().lower() != "auto":
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"invalid --repeats {value!r}; expected a positive integer or 'auto'") from None
-        if n < 1:
-            raise UsageError(f"invalid --repeats {n}; expected a positive integer or 'auto'")
-        return n
-    return "auto"
 
 
 def auto_repeats(one_run_s: float, budget_s: float) -> int:

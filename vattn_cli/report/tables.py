@@ -2,6 +2,9 @@
 
 With ``--csv -`` or ``--json -`` stdout carries that data alone, so everything human goes to
 stderr. Files are written atomically: a crash never leaves half a table behind.
+
+pandas is imported only where a frame is handled, so commands can import this module at the top
+and still start (``--help``, usage errors) without it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from vattn_cli.atomic import atomic_open
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from rich.table import Table
 
 #: Console for everything meant for people when stdout carries data.
 def _console(stderr: bool) -> Console:
@@ -81,6 +87,9 @@ def _fmt(value: object) -> str:
 
 def rich_table(frame: pd.DataFrame, title: str | None = None, columns: Sequence[str] | None = None) -> Table:
     """A rich table of ``frame`` (optionally only ``columns``), numbers shortened for reading."""
+    import pandas as pd
+    from rich.table import Table
+
     cols = [c for c in (columns or frame.columns) if c in frame.columns]
     table = Table(title=title, header_style="bold")
     for col in cols:
