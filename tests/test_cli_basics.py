@@ -27,7 +27,8 @@ def test_zoo_csv_stdout_is_csv_alone() -> None:
 
 
 def test_bad_values_give_one_line_and_exit_2() -> None:
-    for args in (["zoo", "--size", "huge"], ["zoo", "--frames", "x"], ["zoo", "--img-size", "100"]):
+    for args in (["zoo", "--size", "huge"], ["zoo", "--model", "huge"], ["zoo", "--frames", "x"],
+                 ["zoo", "--img-size", "100"]):
         out = run(*args)
         assert out.returncode == 2, (args, out)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
