@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from vattn_cli.ablate.config import (
-    ALL_SCHEMES, BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES, POS_EMBED_SCHEME,
-    POS_EMBEDS, TOKENS_BUDGET_S, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES, StudyConfig,
+    ALL_SCHEMES, BASE_FRAMES, BASE_SIZE, BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES,
+    POS_EMBED_SCHEME, POS_EMBEDS, TOKENS_BUDGET_S, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES, StudyConfig,
 )
 from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
@@ -53,7 +53,21 @@ TokensTimeBudget = time_budget_flag(TOKENS_BUDGET_S)
 OneDtype = dtype_flag("")
 
 
-@ablate_app.command("tokens")
+_TOKENS_HELP = f"""Sweep frames and resolution; cost (GFLOPs, latency, peak memory) against tokens per scheme.
+
+Two sweeps, as in the TimeSformer paper: the frame counts at the base resolution ({BASE_SIZE} if swept, else the smallest size), and the resolutions at the base frame count ({BASE_FRAMES} if swept, else the fewest). --grid measures every combination instead.
+
+Rows go to OUT/tokens.csv as each is measured; a killed run continues with --resume. An existing tokens.csv is never overwritten: without --resume it is an error.
+
+Also writes OUT/tokens_frames.png|svg and OUT/tokens_size.png|svg (x marks out of memory) and OUT/tokens.md with each scheme's growth exponent (log-log slope of cost against tokens).
+
+Example: vattn ablate tokens --model tiny --frames 2,4,8,16 --sizes 32,64,96 --out runs/tok
+
+Example: vattn ablate tokens --schemes joint,divided --max-memory 32GB --out runs/fig3 --resume
+"""
+
+
+@ablate_app.command("tokens", help=_TOKENS_HELP)
 def tokens(
     out: Path = typer.Option(..., "--out", help="Folder for tokens.csv, tokens.md and the figures."),
     schemes: SchemesFlag = None,
@@ -81,18 +95,7 @@ def tokens(
     seed: Seed = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables, no progress bar; only the files."),
 ) -> None:
-    """Sweep frames and resolution; cost (GFLOPs, latency, peak memory) against tokens per scheme.
-
-    Two sweeps, as in the TimeSformer paper: the frame counts at the base resolution (224 if swept, else the smallest size), and the resolutions at the base frame count (8 if swept, else the fewest). --grid measures every combination instead.
-
-    Rows go to OUT/tokens.csv as each is measured; a killed run continues with --resume. An existing tokens.csv is never overwritten: without --resume it is an error.
-
-    Also writes OUT/tokens_frames.png|svg and OUT/tokens_size.png|svg (x marks out of memory) and OUT/tokens.md with each scheme's growth exponent (log-log slope of cost against tokens).
-
-    Example: vattn ablate tokens --model tiny --frames 2,4,8,16 --sizes 32,64,96 --out runs/tok
-
-    Example: vattn ablate tokens --schemes joint,divided --max-memory 32GB --out runs/fig3 --resume
-    """
+    """Cost against tokens per scheme (help: ``_TOKENS_HELP``, generated from the study's defaults)."""
     from vattn_cli.ablate import tokens as study
     from vattn_cli.zoo.catalog import list_models
 
