@@ -169,3 +169,131 @@ def test_breakdown_adds_up_and_names_the_parts() -> None:
     assert math.isclose(parts["gflops"].sum(), count.gflops, rel_tol=1e-9)
     assert math.isclose(parts.loc["attention", "attn_gflops"], count.attn_gflops, rel_tol=1e-9)
     assert ATTN not in count.unsupported
+
+
+# -- one counter: a scheme's flop_handles reach vattn profile, and zoo --check counts the same ------
+
+CUSTOM_OP_SCHEMES = '''
+import math
+import torch
+from torch import nn
+from vattn_cli.zoo import SoftmaxBlock
+
+
+class Mix(torch.autograd.Function):  # opaque to fvcore: traces as prim::PythonOp.Mix
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w.T, (x.transpose(-1, -2) @ g).sum(0)
+
+
+def mix_flops(inputs, outputs):
+    x, w = (i.type().sizes() for i in inputs)
+    return math.prod(x) * w[-1]
+
+
+class Plain(SoftmaxBlock):
+    def attend(self, x, grid):
+        return self.attn(x)
+
+
+class Mixed(Plain):
+    flop_handles = {"prim::PythonOp.Mix": mix_flops}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.w = nn.Parameter(torch.eye(self.dim))
+
+    def attend(self, x, grid):
+        return Mix.apply(self.attn(x), self.w)
+'''
+
+
+@pytest.fixture
+def custom_op_schemes(tmp_path, monkeypatch):
+    """A user's scheme module (``flop_mix_schemes``) on the path, this process's and the workers'
+    (PYTHONPATH); returns ``cli(capsys, *args)``, the CSV ``vattn ARGS`` prints. Registry restored after."""
+    import io
+    import os
+    import sys
+
+    import pandas as pd
+
+    from vattn_cli.cli import main
+    from vattn_cli.zoo.registry import refresh_external, unregister_scheme
+
+    (tmp_path / "flop_mix_schemes.py").write_text(CUSTOM_OP_SCHEMES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+    before = set(list_schemes())
+
+    def cli(capsys, *args: str) -> pd.DataFrame:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        out = capsys.readouterr()
+        assert exited.value.code == 0, out.err
+        return pd.read_csv(io.StringIO(out.out))
+
+    yield cli
+    for name in set(list_schemes()) - before:
+        unregister_scheme(name)
+    sys.modules.pop("flop_mix_schemes", None)
+    monkeypatch.undo()
+    refresh_external()
+
+
+def _block_flops(scheme: str, frames: int, img: int) -> int:
+    """``count_flops`` on one block of ``scheme`` at a clip setting (tiny width), as the check does."""
+    from vattn_cli.measure.conformance import _AtGrid
+    from vattn_cli.zoo.conformance import layout_tokens
+    from vattn_cli.zoo.scheme import Grid
+
+    model = create_model(scheme, size="tiny", depth=1, frames=frames, img_size=img, num_classes=5)
+    grid = Grid(frames, img // 16, img // 16)
+    x = torch.randn(1, layout_tokens(grid, type(model.blocks[0]).cls_token), model.config.dim)
+    return count_flops(_AtGrid(model.blocks[0].eval(), grid), (x,)).total
+
+
+def test_profile_and_zoo_check_count_a_scheme_custom_op(custom_op_schemes, capsys) -> None:
+    mixed, plain = "flop_mix_schemes:Mixed", "flop_mix_schemes:Plain"
+    rows = custom_op_schemes(capsys, "profile", "--scheme", f"{mixed},{plain}", "--model", "tiny", "--frames", "4",
+                             "--size", "64", "--measure", "params,flops", "--csv", "-", "--quiet").set_index("scheme")
+    model = create_model(mixed, size="tiny", frames=4, img_size=64)
+    tokens, dim, depth = 4 * 4 * 4 + 1, model.config.dim, model.config.depth
+    shared = count_model_flops(model)
+    # The opaque x @ w is counted (N x D x D multiply-adds per block), not zero, in vattn profile
+    # (a worker process: the handle travels with the scheme's class), as the shared counter counts it.
+    assert rows.loc[mixed, "gflops"] * 1e9 == pytest.approx(shared.total, abs=1)
+    assert (rows.loc[mixed, "gflops"] - rows.loc[plain, "gflops"]) * 1e9 == pytest.approx(depth * tokens * dim * dim, abs=1)
+    assert not [op for op in shared.unsupported if "Mix" in op]
+    # Profile's per-block share is count_flops on one block at the same setting ...
+    per_block = sum(n for name, n in shared.by_module.items() if name.startswith("blocks.*")) // depth
+    assert per_block == _block_flops(mixed, 4, 64)
+    # ... and zoo --check's flops detail is count_flops on one block at the check's setting.
+    checks = custom_op_schemes(capsys, "zoo", "--check", mixed, "--csv", "-", "--quiet").set_index("check")
+    assert checks.loc["flops", "status"] == "pass"
+    detail = checks.loc["flops", "detail"]
+    exact = _block_flops(mixed, 4, 112)
+    assert f"({exact} multiply-adds" in detail and detail.startswith(f"{exact / 1e6:.1f} MFLOPs per block")
+
+
+def test_count_flops_registers_the_model_scheme_handles(custom_op_schemes) -> None:
+    import flop_mix_schemes
+
+    from vattn_cli.measure.flops import scheme_flop_handles
+
+    model = create_model("flop_mix_schemes:Mixed", size="tiny", frames=2, img_size=32, depth=2)
+    assert scheme_flop_handles(model) == {"prim::PythonOp.Mix": flop_mix_schemes.mix_flops}
+    video = torch.randn(1, 3, 2, 32, 32)
+    with_handle, fvcore_only = count_flops(model, (video,)), count_flops(model, (video,), extra_handles=False)
+    assert "prim::PythonOp.Mix" not in with_handle.unsupported
+    assert fvcore_only.unsupported.get("prim::PythonOp.Mix") == 2  # one per block, without the handle
+    tokens, dim = 2 * 2 * 2 + 1, model.config.dim
+    plain = count_flops(create_model("flop_mix_schemes:Plain", size="tiny", frames=2, img_size=32, depth=2), (video,))
+    assert with_handle.total - plain.total == 2 * tokens * dim * dim

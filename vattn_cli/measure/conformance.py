@@ -12,7 +12,6 @@ import contextlib
 import copy
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,16 +20,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from vattn_cli.measure.flops import count_flops
 from vattn_cli.zoo import external, registry
 from vattn_cli.zoo.conformance import _one_line, _output_problem, interface_problems, layout_tokens
-from vattn_cli.zoo.scheme import Grid, SchemeBlock
+from vattn_cli.zoo.scheme import Grid
 
 CHECKS = ("interface", "build", "forward", "backward", "dtype", "deterministic", "batch", "resize", "flops")
 
 # -- FLOPs ------------------------------------------------------------------------------------
 
-#: Ops fvcore has no handle for that the shared counter (``vattn_cli.measure.flops``) counts.
-COUNTED_ELSEWHERE = frozenset({"aten::scaled_dot_product_attention"})
 # aten ops that multiply-add (fvcore's convention counts only these); everything else in aten is
 # elementwise, a reduction (norms included) or data movement, which the convention leaves out.
 _WORK_OP = re.compile(
@@ -40,39 +38,15 @@ _WORK_OP = re.compile(
 
 
 def carries_work(op: str) -> bool:
-    """Whether an op fvcore could not count hides multiply-adds (custom ops are assumed to)."""
+    """Whether an op the counter could not count hides multiply-adds (custom ops are assumed to)."""
     return not op.startswith("aten::") or bool(_WORK_OP.match(op))
 
 
-def uncounted_work_ops(
-    module: nn.Module, inputs: tuple[Any, ...], handles: dict[str, Callable[..., Any]] | None = None
-) -> tuple[float, dict[str, int]]:
-    """FLOPs of ``module(*inputs)`` and the ops carrying work that no handle counted.
-
-    The one place the conformance suite counts FLOPs: point it at ``vattn_cli.measure.flops``
-    (and drop :data:`COUNTED_ELSEWHERE`) once the shared counter lands.
-    """
-    with warnings.catch_warnings():  # torch.jit's deprecation, tracer notes: not the user's concern
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-
-        analysis = FlopCountAnalysis(module, inputs)
-        if handles:
-            analysis.set_op_handle(**handles)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        total = float(analysis.total())
-        unsupported = analysis.unsupported_ops()
-    missing = {op: n for op, n in unsupported.items() if op not in COUNTED_ELSEWHERE and carries_work(op)}
-    return total, missing
-
-
-def scheme_flop_handles(model: nn.Module) -> dict[str, Callable[..., Any]]:
-    """The ``flop_handles`` of every scheme block in ``model``, for a FLOP counter to register."""
-    handles: dict[str, Callable[..., Any]] = {}
-    for module in model.modules():
-        if isinstance(module, SchemeBlock):
-            handles.update(getattr(type(module), "flop_handles", {}) or {})
-    return handles
+def uncounted_work_ops(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, dict[str, int]]:
+    """FLOPs of ``module(*inputs)`` by the shared counter (what ``vattn profile`` reports, the
+    scheme's ``flop_handles`` included) and the ops carrying work that no handle counted."""
+    count = count_flops(module, inputs)
+    return count.total, {op: n for op, n in count.unsupported.items() if carries_work(op)}
 
 
 class _AtGrid(nn.Module):
@@ -239,10 +213,11 @@ def _suite(name: str, cls: type, s: _Setting) -> Iterator[tuple[str, Callable[[]
 
     def flops() -> str:
         block = state["block"].eval()
-        total, missing = uncounted_work_ops(_AtGrid(block, grid), (state["x"][:1],), getattr(cls, "flop_handles", None))
+        total, missing = uncounted_work_ops(_AtGrid(block, grid), (state["x"][:1],))
         _expect(not missing, "ops carry work but have no FLOP handle: "
                 + ", ".join(f"{op} x{k}" for op, k in missing.items()) + " (give the scheme flop_handles)")
-        return f"{total / 1e6:.1f} MFLOPs per block on {tag} by fvcore, no uncounted op"
+        return (f"{total / 1e6:.1f} MFLOPs per block on {tag} ({total} multiply-adds, counted as vattn profile "
+                "counts), no uncounted op")
 
     yield from (("build", build), ("forward", forward), ("backward", backward), ("dtype", dtype),
                 ("deterministic", deterministic), ("batch", batch), ("resize", resize), ("flops", flops))

@@ -74,15 +74,19 @@ def _params_m(setting: Setting) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def mfu(gflops: float | None, throughput: float | None, mode: str, peak_tflops: float | None) -> float | None:
+def mfu(gflops: float | None, throughput: float | None, mode: str, peak_tflops: float | None, *,
+        includes_backward: bool = False) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the peak.
 
-    ``gflops`` is fvcore's multiply-add count per clip, so one clip costs ``2 * gflops`` GFLOP;
-    a training step costs three forward passes (forward, and backward at twice the forward).
+    ``gflops`` is fvcore's multiply-add count per clip, so one clip costs ``2 * gflops`` GFLOP.
+    By default it is a forward count, and a training step is taken to cost three forward passes
+    (forward, and backward at twice the forward). ``includes_backward``: ``gflops`` is a
+    train row's own count, forward + backward counted (what :func:`run_setting` puts in
+    ``--mode train`` rows), so it is one pass.
     """
     if not gflops or not throughput or not peak_tflops:
         return None
-    passes = 3.0 if mode == "train" else 1.0
+    passes = 3.0 if mode == "train" and not includes_backward else 1.0
     return passes * 2.0 * gflops * 1e9 * throughput / (peak_tflops * 1e12)
 
 
@@ -164,6 +168,12 @@ def _measure(setting: Setting, measures: Sequence[str], options: RunOptions, pea
 
     if "flops" in measures:
         def count() -> None:
+            if setting.mode == "train":
+                # Forward + backward, counted (FlopCounterMode) on the twin in training mode. Not
+                # shared through ``flops``/``on_flops``: those carry forward counts, keyed by geometry.
+                result = count_model_flops(model_config(setting), device=setting.device, mode="train")
+                row["gflops"], row["attn_gflops"] = result.gflops, result.attn_gflops
+                return
             result = flops or count_model_flops(model_config(setting), device=setting.device)
             row["gflops"], row["attn_gflops"] = result.gflops, result.attn_gflops
             if on_flops is not None:
@@ -171,7 +181,7 @@ def _measure(setting: Setting, measures: Sequence[str], options: RunOptions, pea
 
         attempt("flops", count)
 
-    row["mfu"] = mfu(row["gflops"], row["throughput"], setting.mode, peak_tflops)
+    row["mfu"] = mfu(row["gflops"], row["throughput"], setting.mode, peak_tflops, includes_backward=True)
     row["wall_s"] = time.perf_counter() - started
     if failures:
         row["status"] = "oom" if "oom" in failures else failures[0]
