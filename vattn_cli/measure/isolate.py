@@ -175,7 +175,8 @@ def sweep(
         for setting in todo:
             if bar:
                 bar.update(task, description=setting.label())
-            known = cache.get(setting.geometry()) if "flops" in measures else None
+            # The cache holds forward counts; a train row counts forward + backward itself.
+            known = cache.get(setting.geometry()) if "flops" in measures and setting.mode == "infer" else None
             if isolate:
                 row, counted = run_isolated(setting, measures, options, max_memory=max_memory,
                                             timeout_s=timeout_s, flops=known)
@@ -189,7 +190,7 @@ def sweep(
                 row.pop("mfu", None)
             else:
                 peak = peak_tflops.get(setting.dtype) if isinstance(peak_tflops, dict) else peak_tflops
-                row["mfu"] = mfu(row.get("gflops"), row.get("throughput"), setting.mode, peak)
+                row["mfu"] = mfu(row.get("gflops"), row.get("throughput"), setting.mode, peak, includes_backward=True)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
