@@ -75,9 +75,9 @@ PRESETS: dict[str, Preset] = {
 #: Defaults for a model named by scheme rather than preset.
 DEFAULTS = {"size": "base", "frames": 8, "img_size": 224, "patch": 16, "num_classes": 400}
 
-#: Listing order of the built-in schemes: TimeSformer's five in the paper's order, then RSA and
-#: StructSA. A scheme file not named here is listed after them, alphabetically.
-BUILTIN_ORDER = ("space", "joint", "divided", "local_global", "axial", "rsa", "structsa")
+#: Listing order of the built-in schemes: TimeSformer's five in the paper's order, RSA and StructSA,
+#: then Video Swin, MViTv2, Motionformer and X-ViT. A scheme file not named here is listed after them, alphabetically.
+BUILTIN_ORDER = ("space", "joint", "divided", "local_global", "axial", "rsa", "structsa", "window", "pooled", "trajectory", "xvit")
 BUILTIN_PACKAGE = "vattn_cli.zoo.schemes"
 _BUILTIN_DIR = Path(__file__).with_name("schemes")
 
