@@ -131,7 +131,7 @@ def reference_block(block: nn.Module, x: Tensor, grid: Grid, stride, kernel=(3, 
 
 def make_block(built: Grid, **options) -> nn.Module:
     """A block with every weight random (LayerNorms, pooling weights and tables included)."""
-    block = PooledAttention(BlockArgs(DIM, HEADS, norm_eps=EPS, grid=built), **options).eval()
+    block = PooledAttention(BlockArgs(DIM, HEADS, norm_eps=EPS), rel_pos_grid=built, **options).eval()
     with torch.no_grad():
         for name, param in block.named_parameters():
             unit = name.endswith("weight") and "norm" in name
@@ -266,7 +266,7 @@ def test_cls_query_has_no_positional_term() -> None:
 @pytest.mark.parametrize("side, stride", [(1, 1), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2), (12, 3),
                                           (14, 4), (16, 5), (20, 6), (28, 8)])
 def test_adaptive_stride_keeps_the_pooled_size(side, stride) -> None:
-    block = PooledAttention(BlockArgs(DIM, HEADS, grid=Grid(4, 14, 14)))
+    block = PooledAttention(BlockArgs(DIM, HEADS), rel_pos_grid=Grid(4, 14, 14))
     grid = Grid(4, side, side)
     assert block.attn.stride(grid) == (1, stride, stride) == expected_adaptive(grid)
     pooled = block.attn.pooled_grid(grid)
@@ -275,15 +275,17 @@ def test_adaptive_stride_keeps_the_pooled_size(side, stride) -> None:
         assert 3 <= pooled.h <= 4  # about what (1, 4, 4) gives at 14 x 14
 
 
-def test_explicit_stride_is_used_as_is_and_tables_follow_the_built_grid() -> None:
-    block = PooledAttention(BlockArgs(DIM, HEADS, grid=Grid(8, 14, 14)), kv_stride=(2, 2, 2))
+def test_explicit_stride_is_used_as_is_and_tables_follow_rel_pos_grid() -> None:
+    block = PooledAttention(BlockArgs(DIM, HEADS), rel_pos_grid=Grid(8, 14, 14), kv_stride=(2, 2, 2))
     assert block.attn.stride(Grid(4, 28, 28)) == (2, 2, 2)
     assert block.attn.pooled_grid(Grid(8, 14, 14)) == Grid(4, 7, 7)
     assert PooledAttention(BlockArgs(DIM, HEADS), kv_stride=3).attn.stride(Grid(2, 5, 5)) == (1, 3, 3)
     assert [tuple(t.shape) for t in (block.attn.rel_pos_t, block.attn.rel_pos_h, block.attn.rel_pos_w)] == [
         (15, DIM // HEADS), (27, DIM // HEADS), (27, DIM // HEADS)]  # 2 * max(q, kv) - 1
-    model = create_model(SCHEME, size="tiny", frames=4, img_size=112)
-    assert tuple(model.blocks[0].attn.rel_pos_h.shape) == (13, 32)
+    # Not the setting a model is built for: its parameters are the same at every setting.
+    small, large = (create_model(SCHEME, size="tiny", frames=f, img_size=z) for f, z in ((4, 112), (16, 448)))
+    assert tuple(small.blocks[0].attn.rel_pos_h.shape) == tuple(large.blocks[0].attn.rel_pos_h.shape) == (27, 32)
+    assert [tuple(t.shape) for t in (small.blocks[0].attn.rel_pos_t, small.blocks[0].attn.rel_pos_w)] == [(15, 32), (27, 32)]
 
 
 def test_rel_index_is_the_official_float32_arithmetic() -> None:
@@ -346,7 +348,7 @@ class AtGrid(nn.Module):
                          ids=["4x7x7-adaptive", "3x5x6-pool_q"])
 def test_flops_match_the_formula(grid, options) -> None:
     dim = 64
-    block = PooledAttention(BlockArgs(dim, 4, grid=grid), **options).eval()
+    block = PooledAttention(BlockArgs(dim, 4), rel_pos_grid=grid, **options).eval()
     x = torch.randn(1, 1 + grid.patches, dim)
     count = count_flops(AtGrid(block, grid), (x,))
     pooled = pooled_of(grid, options.get("kv_stride"))
@@ -368,7 +370,7 @@ def test_cheaper_than_joint_counted(grid) -> None:
     """Counted: pooled attention (SDPA + positional einsums + pooling convolutions) < joint's."""
     dim = 32
     x = torch.randn(1, 1 + grid.patches, dim)
-    pooled = count_flops(AtGrid(PooledAttention(BlockArgs(dim, 4, grid=grid)).eval(), grid), (x,))
+    pooled = count_flops(AtGrid(PooledAttention(BlockArgs(dim, 4), rel_pos_grid=grid).eval(), grid), (x,))
     joint = count_flops(AtGrid(get_scheme("joint")(BlockArgs(dim, 4)).eval(), grid), (x,))
     conv = conv_macs(dim, grid, pooled_of(grid))
     assert pooled.attn + conv < joint.attn

@@ -54,11 +54,10 @@ class VideoTransformerConfig:
 
 def block_args(config: VideoTransformerConfig) -> BlockArgs:
     """The standard block arguments a config gives (``drop_path`` and ``index`` are set per block)."""
-    side = config.img_size // config.patch
     return BlockArgs(
         config.dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
         norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
-        depth=config.depth, grid=Grid(config.frames, side, side),
+        depth=config.depth,
     )
 
 

@@ -63,9 +63,9 @@ class BlockArgs:
     Frozen; each block gets its own copy (via :meth:`replace`) because ``drop_path`` grows with
     depth (stochastic depth's linear rule) and ``index`` counts the blocks. ``index`` and
     ``depth`` let a scheme alternate between blocks (Swin's shifted windows on every other
-    block); ``grid`` is the patch grid of the clip the model is built for, for parameters
-    sized by it (relative position tables). A block still gets the grid of each clip in
-    ``forward``, which may differ: resize such parameters there, never assume ``grid``.
+    block). There is deliberately no grid here: a block learns the clip's grid in ``forward``,
+    and its parameter shapes must not depend on the setting, so one checkpoint loads and runs
+    at every frame count and resolution (size a table by an option and resize it on the fly).
     """
 
     dim: int
@@ -78,7 +78,6 @@ class BlockArgs:
     drop_path: float = 0.0
     index: int = 0
     depth: int = 1
-    grid: Grid | None = None
 
     @classmethod
     def coerce(cls, args: Any, *more: Any, **named: Any) -> BlockArgs:
@@ -93,8 +92,8 @@ class BlockArgs:
         return dataclasses.replace(self, **changes)
 
 
-#: The standard arguments of the first interface, in its positional order (``index``,
-#: ``depth`` and ``grid`` came with the second and are not passed to first-interface schemes).
+#: The standard arguments of the first interface, in its positional order (``index`` and
+#: ``depth`` came with the second and are not passed to first-interface schemes).
 STANDARD_ARGS: tuple[str, ...] = tuple(f.name for f in fields(BlockArgs))[:8]
 
 

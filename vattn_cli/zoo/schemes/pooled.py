@@ -23,13 +23,15 @@ pooled keys and values at pooled position ``j = (a, b, c)`` (the CLS key and val
   (official ``attention_pool``: the CLS token is normalised with the pooled tokens).
 * **Decomposed relative positions** (``rel_pos_t``, ``rel_pos_h``, ``rel_pos_w``, each
   ``[2 * max(n_q, n_k) - 1, d]`` with ``n_q``/``n_k`` the query/pooled sizes along the axis of
-  the *built-at* grid, ``args.grid``): along an axis with ``n_q`` queries and ``n_k`` pooled keys,
+  the ``rel_pos_grid`` option, default 8 x 14 x 14 (8 x 224 at patch 16), not of the grid the
+  model is built for: parameter shapes must not depend on the setting, so a checkpoint loads and
+  runs at every frame count and size): along an axis with ``n_q`` queries and ``n_k`` pooled keys,
   ``d(i, j) = i * max(n_k / n_q, 1) - j * max(n_q / n_k, 1) + (n_k - 1) * max(n_q / n_k, 1)``,
   truncated to an integer, computed in float32 exactly as the official ``cal_rel_pos_spatial``
   (so the same table entries are read; at some size pairs float32 lands one below the exact
   quotient, and we keep that for parity). The term uses the unscaled query and is added to
   patch-to-patch logits only (official ``attn[:, :, 1:, 1:]``): the CLS query and the CLS key
-  get no positional term. When a clip's grid gives another table length than the built one,
+  get no positional term. When a clip's grid gives another table length than ``rel_pos_grid``,
   the table is resized on the fly by linear interpolation (official ``get_rel_pos``:
   ``F.interpolate(mode="linear")``, ``align_corners=False``). Initialisation: truncated normal,
   std 0.02 (the Kinetics configs' ``REL_POS_ZERO_INIT: False``), or zeros with
@@ -98,7 +100,7 @@ Deliberate differences from the official code:
   code then drops the convolution and its norm), so a model has the same parameters at every
   clip grid; the stride is applied at call time (``F.conv3d`` with ``pool_k.weight``) because
   the adaptive stride depends on the clip.
-* Table lengths are computed per axis from the built grid (the official code assumes a
+* Table lengths are computed per axis from ``rel_pos_grid`` (the official code assumes a
   square grid and sizes ``rel_pos_h`` and ``rel_pos_w`` from ``H``); the backbone's grids are
   square, so the lengths are the official ones (``2 * H - 1``; ``2 * T - 1`` for time).
 * Even kernels are refused (the official code accepts them and pads ``kernel // 2``, which
@@ -107,7 +109,9 @@ Deliberate differences from the official code:
   keep the backbone's ViT init (unit weight, zero bias; the official init sets every
   LayerNorm and Linear bias to 0.02). Attention dropout (``args.attn_drop``) is applied to the
   attention weights, which the official layer does not have.
-* A block built without ``args.grid`` sizes its tables for 8 x 14 x 14 (8 x 224 at patch 16).
+* The official tables are sized by the stage's own input size; here they are sized by
+  ``rel_pos_grid`` and interpolated for every other grid, as the official code does for a
+  checkpoint run at another resolution.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ from vattn_cli.zoo.schemes._grid import triple
 
 #: The adaptive stride's reference: stride ``REFERENCE_STRIDE`` at ``REFERENCE_SIDE`` rows/columns.
 REFERENCE_SIDE, REFERENCE_STRIDE = 14, 4
-#: The grid tables are sized for when a block is built without ``args.grid`` (8 x 224, patch 16).
+#: The grid the relative-position tables are sized for by default (8 x 224 at patch 16).
 DEFAULT_GRID = Grid(8, 14, 14)
 #: Most elements of one chunk's positional-bias mask (``B x heads x Lq x (1 + Nk)``), read at call time.
 MASK_BUDGET = 1 << 26
@@ -374,10 +378,11 @@ class PooledAttention(PreNormBlock):
         rel_pos_spatial: bool = True,
         rel_pos_temporal: bool = True,
         rel_pos_zero_init: bool = False,
+        rel_pos_grid: int | Sequence[int] = DEFAULT_GRID,
     ) -> None:
         super().__init__(args)
         self.attn = PoolingAttention(
-            args.dim, args.num_heads, args.grid or DEFAULT_GRID,
+            args.dim, args.num_heads, Grid(*triple("rel_pos_grid", rel_pos_grid)),
             kernel=triple("kernel", kernel, odd=True),
             kv_stride=_kv_stride(kv_stride),
             pool_q=_flag("pool_q", pool_q),
