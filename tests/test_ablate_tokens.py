@@ -117,8 +117,15 @@ def test_flop_exponents_match_the_formula_joint_quadratic_divided_space_linear(t
     assert fitted.loc["joint", "gflops_exp_top"] > 1.8
     assert 1.0 <= fitted.loc["divided", "gflops_exp_top"] < 1.1
     assert fitted.loc["space", "gflops_exp_top"] == pytest.approx(1.0, abs=0.01)
+    # The attention part alone, frames swept at a fixed size: joint's grows as tokens^2 and
+    # space's (per-frame attention) as tokens^1; divided's spatial step is linear in frames and
+    # its temporal lines quadratic (H*W lines of T), which dominates here (T up to 128 > H*W = 64).
+    assert fitted.loc["joint", "attn_gflops_exp"] == pytest.approx(2.0, abs=0.01)
+    assert 1.2 < fitted.loc["divided", "attn_gflops_exp"] < 1.8
+    assert fitted.loc["space", "attn_gflops_exp"] == pytest.approx(1.0, abs=0.01)
     summary = (tmp_path / "tokens.md").read_text()
     assert f"| joint | 3 | 1,025–8,193 | {fitted.loc['joint', 'gflops_exp']:.2f} |" in summary
+    assert "| attention GFLOPs all | attention GFLOPs top |" in summary
 
 
 def _rows(path: Path) -> pd.DataFrame:

@@ -41,9 +41,13 @@ DEFAULT_FRAMES, DEFAULT_SIZES = TOKENS_FRAMES, TOKENS_SIZES
 #: (column, panel title, axis label) of each cost; the label's ``{step}`` names the timed step.
 METRICS = (
     ("gflops", "Compute", "GFLOPs per clip (multiply-adds)"),
+    ("attn_gflops", "Attention compute", "attention GFLOPs per clip (Q.K^T and A.V)"),
     ("latency_ms", "Latency", "median latency per {step} (ms)"),
     ("peak_mem_mb", "Peak memory", "peak memory (MB)"),
 )
+
+#: Column names of each cost in ``tokens.md``.
+SHORT = {"gflops": "GFLOPs", "attn_gflops": "attention GFLOPs", "latency_ms": "latency", "peak_mem_mb": "memory"}
 
 
 @dataclass(frozen=True)
@@ -223,13 +227,14 @@ def summary_markdown(frame: pd.DataFrame, table: pd.DataFrame, plan_: Plan, figu
         "of the panel where not.", "",
     ]
     names = {f.stem: f.name for f in figures if f.suffix == ".png"}
-    header = ("| scheme | points | tokens | GFLOPs all | GFLOPs top | latency all | latency top | "
-              "memory all | memory top | out of memory from |")
+    header = ("| scheme | points | tokens | "
+              + " | ".join(f"{SHORT[c]} {t}" for c, _, _ in METRICS for t in ("all", "top"))
+              + " | out of memory from |")
     for sweep, description in plan_.sweeps():
         mine = table[table["sweep"] == sweep] if len(table) else table
         if mine.empty:
             continue
-        lines += [f"## {description}", "", header, "|" + "---|" * 10]
+        lines += [f"## {description}", "", header, "|" + "---|" * (4 + 2 * len(METRICS))]
         for _, r in mine.iterrows():
             oom = r["oom_from_tokens"]
             lines.append(

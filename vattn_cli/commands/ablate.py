@@ -40,6 +40,7 @@ def _show_exponents(table, quiet: bool) -> None:
     if quiet or table.empty:
         return
     shown = table.rename(columns={"gflops_exp": "gflops", "gflops_exp_top": "gflops_top",
+                                  "attn_gflops_exp": "attn_gflops", "attn_gflops_exp_top": "attn_gflops_top",
                                   "latency_ms_exp": "latency", "latency_ms_exp_top": "latency_top",
                                   "peak_mem_mb_exp": "memory", "peak_mem_mb_exp_top": "memory_top"})
     stdout_console.print(rich_table(shown.drop(columns=["tokens_min"]),
