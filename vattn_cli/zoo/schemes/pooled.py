@@ -160,11 +160,13 @@ def rel_index(n_q: int, n_k: int) -> Tensor:
     """``[n_q, n_k]`` table rows of the decomposed relative position along one axis.
 
     The official ``cal_rel_pos_spatial``/``cal_rel_pos_temporal`` arithmetic, step by step in
-    float32 on the CPU (int64 ``arange`` times a Python float), then truncated; kept for parity.
+    float32 on the CPU (the official code's ``arange`` times a Python float, in float32 whatever
+    torch's default dtype is), then truncated; kept for parity.
     """
     q_ratio = max(n_k / n_q, 1.0)
     k_ratio = max(n_q / n_k, 1.0)
-    dist = torch.arange(n_q, device="cpu")[:, None] * q_ratio - torch.arange(n_k, device="cpu")[None, :] * k_ratio
+    f32 = {"device": "cpu", "dtype": torch.float32}
+    dist = torch.arange(n_q, **f32)[:, None] * q_ratio - torch.arange(n_k, **f32)[None, :] * k_ratio
     dist += (n_k - 1) * k_ratio
     return dist.long()
 
