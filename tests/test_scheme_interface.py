@@ -18,7 +18,6 @@ from vattn_cli.testing import check_scheme
 from vattn_cli.zoo import BlockArgs, create_model, get_scheme
 from vattn_cli.zoo import catalog
 from vattn_cli.zoo.registry import scheme_options, unregister_scheme
-from vattn_cli.zoo.scheme import STANDARD_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,10 +199,9 @@ def test_first_interface_schemes_build_check_and_match_the_second(first_interfac
     torch.manual_seed(0)
     new = create_model(current, size="tiny", depth=2, frames=2, img_size=32, scale=0.5, drop_path_rate=0.1).eval()
     assert list(old.state_dict()) == list(new.state_dict())
-    # The eight standard arguments reach both (index and depth are the second interface's own).
-    standard = [[getattr(b.args, k) for k in STANDARD_ARGS] for b in old.blocks]
-    assert standard == [[getattr(b.args, k) for k in STANDARD_ARGS] for b in new.blocks]
-    assert [b.args.index for b in new.blocks] == [0, 1]
+    # The eight standard arguments reach both; a first-interface block is told where it sits after.
+    assert [b.args for b in old.blocks] == [b.args for b in new.blocks]
+    assert [b.args.index for b in old.blocks] == [0, 1] and old.blocks[0].args.depth == 2
     assert old.blocks[1].args.drop_path == pytest.approx(0.1) and old.blocks[0].scale == 0.5
     video = torch.randn(1, 3, 2, 32, 32)
     assert torch.equal(old(video), new(video))

@@ -111,7 +111,10 @@ def build_block(cls: type, args: BlockArgs, options: Mapping[str, Any]) -> nn.Mo
     if takes_block_args(cls):
         return cls(args, **options)
     rest = {k: getattr(args, k) for k in STANDARD_ARGS[2:]}
-    return cls(args.dim, args.num_heads, **rest, **options)
+    block = cls(args.dim, args.num_heads, **rest, **options)
+    if isinstance(block, SchemeBlock):  # it built itself from the eight; it sits where args says
+        block.args = args
+    return block
 
 
 def own_options(cls: type) -> dict[str, Any]:
