@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from vattn_cli import measure
 from vattn_cli.ablate import tokens as study
 from vattn_cli.cli import main
 from vattn_cli.errors import UsageError

@@ -35,7 +35,7 @@ from vattn_cli import __version__
 from vattn_cli.engine import distributed as D
 from vattn_cli.engine.data import PreparedData, is_builtin, make_data_loader, parse_views, prepare, rng_neutral_iter, set_epoch
 from vattn_cli.engine.config import DEFAULT_MODEL, NO_VAL, SCRATCH_INIT, TrainConfig  # noqa: F401 (re-exported)
-from vattn_cli.engine.evaluate import EvalResult, autocast, evaluate, unwrap
+from vattn_cli.engine.evaluate import EvalResult, autocast, evaluate
 from vattn_cli.engine.optim import build_optimizer, build_scheduler
 from vattn_cli.engine.progress import ProgressEvent, ProgressHook
 from vattn_cli.errors import UsageError
