@@ -380,7 +380,7 @@ class PooledAttention(PreNormBlock):
         rel_pos_spatial: bool = True,
         rel_pos_temporal: bool = True,
         rel_pos_zero_init: bool = False,
-        rel_pos_grid: int | Sequence[int] = DEFAULT_GRID,
+        rel_pos_grid: int | Sequence[int] = tuple(DEFAULT_GRID),
     ) -> None:
         super().__init__(args)
         self.attn = PoolingAttention(
