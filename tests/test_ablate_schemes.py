@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from vattn_cli import measure
 from vattn_cli.ablate import schemes as study
@@ -46,7 +47,10 @@ def test_study_writes_rows_figure_and_summary(tmp_path, cache) -> None:
     result = study.run(runs, tmp_path, config(cache))
     frame = pd.read_csv(tmp_path / "schemes.csv")
     assert list(frame.columns) == measure.ROW_COLUMNS + ["top1", "top5", "views", "epochs", "dataset", "seed",
-                                                          "pair_acc", "chance_top1", "train_loss", "train_s"]
+                                                          "pair_acc", "chance_top1", "train_loss", "train_s",
+                                                          *measure.PROVENANCE_COLUMNS]
+    assert (frame["torch_version"] == torch.__version__).all() and (frame["threads"] >= 1).all()
+    assert frame["machine"].nunique() == 1 and frame["device_name"].notna().all()
     assert len(frame) == 4 and set(frame["status"]) == {"ok"}
     assert list(zip(frame["dataset"], frame["scheme"])) == [("motion", "space"), ("motion", "divided"),
                                                             ("appearance", "space"), ("appearance", "divided")]

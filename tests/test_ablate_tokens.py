@@ -24,7 +24,7 @@ from vattn_cli.report.rowlog import RowLog
 from vattn_cli.zoo.registry import SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ["repeats", "timed_s", "wall_s"]  # differ between two runs of the same combination
+TIMING = ["repeats", "timed_s", "wall_s", "threads"]  # differ between two runs of the same combination
 
 
 def vattn(*args: str) -> subprocess.Popen:

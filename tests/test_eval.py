@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vattn_cli import measure
 from vattn_cli.engine import TrainConfig, evaluate, gflops_per_view, train
 from vattn_cli.engine.evaluate import accuracy, per_class_accuracy, view_flops
 from vattn_cli.zoo import create_model
@@ -119,6 +120,8 @@ def test_eval_cli_row_has_accuracy_and_compute(trained: Path) -> None:
     assert row["gflops"] > row["attn_gflops"] > 0 and 0 <= row["top1"] <= row["top5"] <= 100 and row["status"] == "ok"
     assert {"params_m", "tokens", "throughput", "dataset", "top1", "top5"} <= set(frame.columns)
     assert frame["clips"].iloc[1:].sum() == 12
+    assert list(frame.columns[-5:]) == measure.PROVENANCE_COLUMNS and list(frame.columns[-7:-5]) == ["class", "label"]
+    assert row["torch_version"] == torch.__version__ and row["threads"] >= 1 and frame["machine"].nunique() == 1
 
 
 def test_bad_checkpoints_are_one_line_exit_2(trained: Path, tmp_path: Path, capsys) -> None:

@@ -46,8 +46,11 @@ POS_CSV_NAME = "pos_embed.csv"
 #: the data has no such pairs). ``chance_top1``: 100 / classes.
 ACCURACY_COLUMNS = ["top1", "top5", "views", "epochs", "dataset", "seed", "pair_acc", "chance_top1",
                     "train_loss", "train_s"]
-COLUMNS = m.ROW_COLUMNS + ACCURACY_COLUMNS
-POS_COLUMNS = COLUMNS + ["pos_embed"]
+#: Columns of every version of each file; :data:`~vattn_cli.measure.setting.PROVENANCE_COLUMNS` follow.
+_FIRST_COLUMNS = m.ROW_COLUMNS + ACCURACY_COLUMNS
+_FIRST_POS_COLUMNS = _FIRST_COLUMNS + ["pos_embed"]
+COLUMNS = _FIRST_COLUMNS + m.PROVENANCE_COLUMNS
+POS_COLUMNS = _FIRST_POS_COLUMNS + m.PROVENANCE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,10 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pos = csv_name == POS_CSV_NAME
-    rowlog = RowLog(out / csv_name, POS_COLUMNS if pos else COLUMNS)
+    columns, first = (POS_COLUMNS, _FIRST_POS_COLUMNS) if pos else (COLUMNS, _FIRST_COLUMNS)
+    if resume:  # a file of an earlier version (without provenance) resumes with its own header
+        columns = m.resume_columns(out / csv_name, columns, first)
+    rowlog = RowLog(out / csv_name, columns)
     done = {row_key(row) for row in rowlog.open(resume=resume)}
     todo = [r for r in runs if r.key() not in done]
     skipped = len(runs) - len(todo)

@@ -34,8 +34,11 @@ if TYPE_CHECKING:  # pragma: no cover - numpy, pandas and matplotlib load where 
 
 CSV_NAME = "tokens.csv"
 SUMMARY_NAME = "tokens.md"
-#: ``tokens.csv`` columns: the contract's, then how each row was timed.
-COLUMNS = m.ROW_COLUMNS + [c for c in m.EXTRA_COLUMNS if c != "mfu"]
+#: ``tokens.csv`` columns: the contract's, then how each row was timed and where (provenance);
+#: ``run(samples=True)`` adds :data:`~vattn_cli.measure.setting.SAMPLES_COLUMN` at the end.
+COLUMNS = m.ROW_COLUMNS + [c for c in m.EXTRA_COLUMNS if c not in ("mfu", m.SAMPLES_COLUMN)]
+#: The columns of every version of ``tokens.csv`` (a file written before provenance resumes).
+_FIRST_COLUMNS = m.ROW_COLUMNS + ["repeats", "timed_s", "wall_s"]
 #: Defaults (torch-free home: :mod:`vattn_cli.ablate.config`).
 DEFAULT_FRAMES, DEFAULT_SIZES = TOKENS_FRAMES, TOKENS_SIZES
 #: (column, panel title, axis label) of each cost; the label's ``{step}`` names the timed step.
@@ -262,12 +265,15 @@ def read_rows(path: Path, plan_: Plan) -> pd.DataFrame:
     """The plan's rows of ``tokens.csv``, in plan order (rows of other runs are left out)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={m.SAMPLES_COLUMN: str})
     order = {s.key(): i for i, s in enumerate(plan_.settings)}
     position = [order.get(m.row_key(row)) for row in frame.to_dict(orient="records")]
     frame = frame.assign(_order=position).dropna(subset=["_order"])
     frame = frame.drop_duplicates("_order", keep="last").sort_values("_order").drop(columns="_order")
-    return m.rows_frame(frame.to_dict(orient="records"))[COLUMNS].reset_index(drop=True)
+    columns = COLUMNS + ([m.SAMPLES_COLUMN] if m.SAMPLES_COLUMN in frame.columns else [])
+    if m.SAMPLES_COLUMN in frame.columns:  # back to lists of ms
+        frame[m.SAMPLES_COLUMN] = frame[m.SAMPLES_COLUMN].map(m.parse_samples)
+    return m.rows_frame(frame.to_dict(orient="records"))[columns].reset_index(drop=True)
 
 
 def run(
@@ -282,18 +288,28 @@ def run(
     isolate: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    samples: bool = False,
 ) -> Result:
     """Measure the plan's combinations into ``out/tokens.csv``, then plot and summarise it.
 
     Without ``resume`` an existing ``tokens.csv`` is refused (never overwritten); with it, the
-    combinations already in the file are skipped and ``log`` says how many.
+    combinations already in the file are skipped and ``log`` says how many. ``samples``: keep
+    every timed run's latency (the ``latency_samples_ms`` column). A resumed file keeps its own
+    header where it is this one with fewer or more additive columns (an earlier version's, or
+    one written with or without ``samples``).
     """
     import pandas as pd
 
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rowlog = RowLog(out / CSV_NAME, COLUMNS)
+    wanted_columns = COLUMNS + ([m.SAMPLES_COLUMN] if samples else [])
+    columns = m.resume_columns(out / CSV_NAME, wanted_columns, _FIRST_COLUMNS) if resume else wanted_columns
+    if columns != wanted_columns:
+        missing, extra = [c for c in wanted_columns if c not in columns], [c for c in columns if c not in wanted_columns]
+        say(f"{out / CSV_NAME} keeps its columns: " + "; ".join(
+            ([f"without {', '.join(missing)}"] if missing else []) + ([f"with {', '.join(extra)}"] if extra else [])))
+    rowlog = RowLog(out / CSV_NAME, columns)
     done = {m.row_key(row) for row in rowlog.open(resume=resume)}
     try:
         wanted = {s.key() for s in plan_.settings}
@@ -303,7 +319,8 @@ def run(
             say(f"resuming {rowlog.path}: {skipped} of {len(wanted)} combinations already there, skipped{torn}")
             if done - wanted:
                 say(f"{len(done - wanted)} rows of {rowlog.path} are not part of this study: kept, not plotted")
-        measured = m.sweep(plan_.settings, measures, options, on_row=rowlog.append, skip=lambda s: s.key() in done,
+        measured = m.sweep(plan_.settings, measures, options, on_row=lambda row: rowlog.append(m.csv_cells(row)),
+                           skip=lambda s: s.key() in done,
                            max_memory=max_memory, timeout_s=timeout_s, isolate=isolate, progress=progress)
     finally:
         rowlog.close()

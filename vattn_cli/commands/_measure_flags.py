@@ -17,7 +17,7 @@ import typer
 from vattn_cli.commands._options import choice_list, given
 from vattn_cli.errors import UsageError
 from vattn_cli.measure.parsing import parse_repeats, parse_size
-from vattn_cli.measure.setting import DTYPES, MEASURES, MODES, RunOptions, Setting
+from vattn_cli.measure.setting import DTYPES, MEASURES, MODES, SAMPLES_COLUMN, RunOptions, Setting
 from vattn_cli.runtime import DEFAULT_DEVICE, DEVICES, check_device_name, resolve_device, seed_everything
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +49,13 @@ def time_budget_flag(default: float) -> Any:
     """The ``--time-budget`` flag of a command whose library default is ``default`` seconds."""
     return Annotated[Optional[float], typer.Option(
         "--time-budget", min=0.0, help=f"Seconds of timed runs for --repeats auto, at least 3 runs (default: {default:g}).")]
+
+
+def samples_flag(where: str) -> Any:
+    """``--samples``: every timed run's latency also in ``where`` (a CSV), in the samples column."""
+    return Annotated[bool, typer.Option(
+        "--samples", help=f"Also write every timed run's latency to {where}: column {SAMPLES_COLUMN}, "
+        "space-separated ms (default: median and IQR only).")]
 
 
 def dtype_flag(what: str) -> Any:

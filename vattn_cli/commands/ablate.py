@@ -18,7 +18,7 @@ from vattn_cli.ablate.config import (
 )
 from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
-    parse_measure_flags, time_budget_flag,
+    parse_measure_flags, samples_flag, time_budget_flag,
 )
 from vattn_cli.commands._options import choice_list, default_text, given, int_list, one_choice, scheme_list, split_list
 from vattn_cli.engine.config import parse_views
@@ -52,6 +52,7 @@ SchemesFlag = Annotated[Optional[str], typer.Option(
     f"(default: {default_text(ALL_SCHEMES)}). --scheme is an alias.")]
 TokensTimeBudget = time_budget_flag(TOKENS_BUDGET_S)
 OneDtype = dtype_flag("")
+TokensSamples = samples_flag("OUT/tokens.csv")
 
 
 _TOKENS_HELP = f"""Sweep frames and resolution; cost (GFLOPs, latency, peak memory) against tokens per scheme.
@@ -90,6 +91,7 @@ def tokens(
     max_memory: MaxMemory = None,
     threads: Threads = None,
     timeout: Timeout = None,
+    samples: TokensSamples = False,
     isolate: Isolate = True,
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/tokens.csv: skip the combinations it has."),
     device: Device = None,
@@ -121,7 +123,8 @@ def tokens(
             stderr_console.print(message, highlight=False)
 
     result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
-                       timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say)
+                       timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say,
+                       samples=samples)
     emit(result.frame, quiet=quiet, title=f"vattn ablate tokens ({device_type})",
          columns=["scheme", "frames", "size", "tokens", "gflops", "latency_ms", "peak_mem_mb", "status"])
     _show_exponents(result.exponents, quiet)

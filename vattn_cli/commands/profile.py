@@ -8,16 +8,26 @@ import typer
 
 from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
-    parse_measure_flags, time_budget_flag,
+    parse_measure_flags, samples_flag, time_budget_flag,
 )
 from vattn_cli.commands._options import choice_list, given, int_list, scheme_list
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.measure.setting import DTYPES, MODES, RunOptions, Setting
-from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console
+from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console, write_frame
 from vattn_cli.zoo.catalog import DEFAULTS, PRESETS, SIZES
 
 TimeBudget = time_budget_flag(RunOptions.budget_s)
 Dtypes = dtype_flag(", comma-separated")
+Samples = samples_flag("the --csv rows (--json rows always have them)")
+
+
+def csv_frame(frame, samples: bool):
+    """The rows as CSV writes them: samples as space-separated ms with ``samples``, else left out."""
+    from vattn_cli.measure.setting import SAMPLES_COLUMN, format_samples
+
+    if not samples:
+        return frame.drop(columns=[SAMPLES_COLUMN], errors="ignore")
+    return frame.assign(**{SAMPLES_COLUMN: frame[SAMPLES_COLUMN].map(format_samples)})
 
 
 def _peak_value(text: str | None) -> float | str | None:
@@ -67,6 +77,7 @@ def profile(
     max_memory: MaxMemory = None,
     threads: Threads = None,
     timeout: Timeout = None,
+    samples: Samples = False,
     breakdown: bool = typer.Option(False, "--breakdown", help="Also print FLOPs per module (embed / attention / MLP / head)."),
     compile_: bool = typer.Option(False, "--compile", help="Time the torch.compile'd model (warm-up includes compilation)."),
     peak_tflops: str = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s for the mfu column, or 'cached' (from --calibrate)."),
@@ -134,7 +145,12 @@ def profile(
     )
     to_stdout = "-" in (csv, json_path)
     title = f"vattn profile ({torch_device.type})"
-    emit(frame, csv=csv, json_path=json_path, quiet=quiet, title=title)
+    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN]  # in the files, not in the table
+    if not quiet:
+        (stderr_console if to_stdout else stdout_console).print(
+            rich_table(frame, title=title, columns=[c for c in frame.columns if c not in hidden]))
+    write_frame(csv_frame(frame, samples), csv=csv)
+    write_frame(frame, json_path=json_path)  # samples as lists of ms, always
     if breakdown and not quiet:
         from vattn_cli.measure.run import model_config
 

@@ -224,11 +224,16 @@ class CheckpointEval:
     dtype: str
     device: str
     peak_mem_mb: float = float("nan")
+    threads: int | None = None  # torch CPU threads during the evaluation (None: the current count)
 
     def frame(self, per_class: bool = False):
-        """One accuracy row in the contract's columns; with ``per_class``, one more row per class."""
+        """One accuracy row in the contract's columns; with ``per_class``, one more row per class.
+
+        The provenance columns (:mod:`vattn_cli.measure.provenance`) come last.
+        """
         import pandas as pd
 
+        from vattn_cli.measure.provenance import provenance
         from vattn_cli.zoo.registry import token_count
 
         cfg, res = self.model_config, self.result
@@ -248,6 +253,8 @@ class CheckpointEval:
         frame = pd.DataFrame(rows)
         if per_class:
             frame["label"] = frame["label"].astype("Int64")
+        for column, value in provenance(self.device, self.threads).items():
+            frame[column] = value
         return frame
 
 
@@ -288,5 +295,5 @@ def eval_checkpoint(
     return CheckpointEval(
         result=result, model_config=model.config.to_dict(), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         epochs=int(epochs) if epochs is not None else None, checkpoint=str(ckpt), batch=batch, dtype=dtype,
-        device=info.device.type, peak_mem_mb=peak,
+        device=info.device.type, peak_mem_mb=peak, threads=torch.get_num_threads(),
     )

@@ -11,7 +11,8 @@
                           max_memory=measure.parse_size("2GB"))
 
 Every row has the contract's columns (:data:`ROW_COLUMNS`), ``status`` being ``ok``, ``oom`` or
-``error: <reason>``.
+``error: <reason>``, then :data:`EXTRA_COLUMNS`: how it was timed, where it ran
+(:data:`PROVENANCE_COLUMNS`, :mod:`vattn_cli.measure.provenance`) and every timed run (:data:`SAMPLES_COLUMN`).
 
 Names load on first use (PEP 562): the torch-free :mod:`vattn_cli.measure.setting` (the row
 contract, :class:`RunOptions`, :func:`expand`) is usable without importing torch.
@@ -26,8 +27,9 @@ _EXPORTS = {
     **dict.fromkeys(["rows_frame", "run_isolated", "sweep"], "vattn_cli.measure.isolate"),
     "parse_size": "vattn_cli.measure.parsing",
     "run_setting": "vattn_cli.measure.run",
-    **dict.fromkeys(["DTYPES", "EXTRA_COLUMNS", "MEASURES", "MODES", "ROW_COLUMNS", "RunOptions", "Setting", "expand",
-                     "row_key"], "vattn_cli.measure.setting"),
+    **dict.fromkeys(["DTYPES", "EXTRA_COLUMNS", "MEASURES", "MODES", "PROVENANCE_COLUMNS", "ROW_COLUMNS", "RunOptions",
+                     "SAMPLES_COLUMN", "Setting", "csv_cells", "expand", "format_samples", "parse_samples",
+                     "resume_columns", "row_key"], "vattn_cli.measure.setting"),
     "parse_repeats": "vattn_cli.measure.parsing",
     **dict.fromkeys(["Timing", "time_step"], "vattn_cli.measure.timing"),
 }
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from vattn_cli.measure.parsing import parse_repeats, parse_size
     from vattn_cli.measure.run import run_setting
     from vattn_cli.measure.setting import (
-        DTYPES, EXTRA_COLUMNS, MEASURES, MODES, ROW_COLUMNS, RunOptions, Setting, expand, row_key,
+        DTYPES, EXTRA_COLUMNS, MEASURES, MODES, PROVENANCE_COLUMNS, ROW_COLUMNS, SAMPLES_COLUMN, RunOptions, Setting,
+        csv_cells, expand, format_samples, parse_samples, resume_columns, row_key,
     )
     from vattn_cli.measure.timing import Timing, time_step

@@ -103,7 +103,7 @@ def run_isolated(
             row = result["row"]
             counted = FlopCount(**result["flops"]) if result.get("flops") else flops
         else:
-            row, counted = empty_row(setting), flops
+            row, counted = empty_row(setting, options.threads), flops  # no result: provenance from here
             if flops is not None and "flops" in measures:
                 row["gflops"], row["attn_gflops"] = flops.gflops, flops.attn_gflops
             reason = f"timeout after {timeout_s:g}s" if code is None else _crash_reason(
@@ -115,7 +115,7 @@ def run_isolated(
 
 
 def rows_frame(rows: Iterable[dict[str, Any]], with_mfu: bool = False) -> pd.DataFrame:
-    """Rows as a frame: the contract's columns first, then the extras."""
+    """Rows as a frame: the contract's columns first, then the extras (provenance and samples last)."""
     extras = [c for c in EXTRA_COLUMNS if with_mfu or c != "mfu"]
     frame = pd.DataFrame(list(rows))
     for column in ROW_COLUMNS + extras:
@@ -123,7 +123,7 @@ def rows_frame(rows: Iterable[dict[str, Any]], with_mfu: bool = False) -> pd.Dat
             frame[column] = None
     rest = [c for c in frame.columns if c not in ROW_COLUMNS + extras]
     frame = frame[ROW_COLUMNS + extras + rest]
-    for column in ("frames", "size", "patch", "tokens", "batch", "repeats"):
+    for column in ("frames", "size", "patch", "tokens", "batch", "repeats", "threads"):
         frame[column] = pd.array(frame[column], dtype="Int64")  # integers stay integers beside an oom row
     return frame
 

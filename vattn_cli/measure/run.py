@@ -18,17 +18,23 @@ import torch
 
 from vattn_cli.measure.flops import FlopCount, count_model_flops
 from vattn_cli.measure.memory import PeakMemory, is_oom, release_free_memory
-from vattn_cli.measure.setting import MEASURES, ROW_COLUMNS, RunOptions, Setting
+from vattn_cli.measure.provenance import provenance
+from vattn_cli.measure.setting import MEASURES, ROW_COLUMNS, SAMPLES_COLUMN, RunOptions, Setting
 from vattn_cli.measure.timing import Timing, time_step
 
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def empty_row(setting: Setting) -> dict[str, Any]:
-    """A row with the setting's identity and every measurement missing."""
+def empty_row(setting: Setting, threads: int | None = None) -> dict[str, Any]:
+    """A row with the setting's identity and provenance, and every measurement missing.
+
+    ``threads``: the torch threads the measurement uses (default: the current count).
+    """
     row = {column: None for column in ROW_COLUMNS}
     row.update(setting.row_base())
     row["status"] = "ok"
+    row.update(provenance(setting.device, threads))
+    row[SAMPLES_COLUMN] = []  # no timed run (yet)
     return row
 
 
@@ -158,7 +164,7 @@ def _measure(setting: Setting, measures: Sequence[str], options: RunOptions, pea
                                            budget_s=options.budget_s, batch=setting.batch)
                 row["latency_ms"], row["latency_iqr_ms"] = timing.median_ms, timing.iqr_ms
                 row["throughput"], row["repeats"] = timing.throughput, len(timing.times_s)
-                row["timed_s"] = timing.total_s
+                row["timed_s"], row[SAMPLES_COLUMN] = timing.total_s, timing.samples_ms
             else:
                 step()
             if "memory" in measures:

@@ -6,7 +6,9 @@ it and studies such as ``ablate tokens`` can key resumable CSVs on it.
 
 from __future__ import annotations
 
+import csv
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,8 +21,12 @@ ROW_COLUMNS = [
     "params_m", "gflops", "attn_gflops", "latency_ms", "latency_iqr_ms", "throughput",
     "peak_mem_mb", "status",
 ]
-#: Extra columns ``profile`` adds after the contract's (additive).
-EXTRA_COLUMNS = ["mfu", "repeats", "timed_s", "wall_s"]
+#: Where and how a row was measured (:mod:`vattn_cli.measure.provenance` says what each holds).
+PROVENANCE_COLUMNS = ["vattn_version", "torch_version", "device_name", "threads", "machine"]
+#: Every timed run's latency in ms: a list in JSON (always), space-separated in CSV (``--samples``).
+SAMPLES_COLUMN = "latency_samples_ms"
+#: Extra columns ``profile`` adds after the contract's (additive; new ones go at the end).
+EXTRA_COLUMNS = ["mfu", "repeats", "timed_s", "wall_s", *PROVENANCE_COLUMNS, SAMPLES_COLUMN]
 
 MODES = ("infer", "train")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -106,6 +112,56 @@ def row_key(row: dict[str, Any]) -> tuple:
     """The identity of a row read back from a CSV, comparable with :meth:`Setting.key`."""
     return (str(row["scheme"]), str(row["model"]), int(row["frames"]), int(row["size"]), int(row["patch"]),
             int(row["batch"]), str(row["mode"]), str(row["dtype"]), str(row["device"]))
+
+
+def format_samples(samples: Any) -> str:
+    """``latency_samples_ms`` as a CSV cell: space-separated ms, 4 decimals (``""`` for none)."""
+    if samples is None or isinstance(samples, str):
+        return samples or ""
+    return " ".join(f"{float(v):.4f}" for v in samples)
+
+
+def parse_samples(cell: Any) -> list[float]:
+    """A ``latency_samples_ms`` value read back (CSV cell, JSON list, empty or NaN) as floats."""
+    if cell is None or (isinstance(cell, float) and cell != cell):
+        return []
+    if isinstance(cell, (int, float)):
+        return [float(cell)]
+    if isinstance(cell, str):
+        return [float(v) for v in cell.split()]
+    return [float(v) for v in cell]
+
+
+def csv_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its samples as a CSV cell (see :func:`format_samples`)."""
+    if SAMPLES_COLUMN not in row:
+        return row
+    return {**row, SAMPLES_COLUMN: format_samples(row[SAMPLES_COLUMN])}
+
+
+def resume_columns(path: str | os.PathLike, columns: Sequence[str], required: Sequence[str]) -> list[str]:
+    """The header a study keeps when it resumes the row file ``path``: its own ``columns``,
+    or the file's header when that is the same contract with fewer or more additive columns.
+
+    The file's header is kept when it starts with ``required`` (the columns every version of
+    the file has) and is a prefix of ``columns`` (an older version's file, or one written
+    without ``--samples``) or has ``columns`` as its prefix (written with ``--samples``). Any
+    other header is left for :class:`~vattn_cli.report.rowlog.RowLog` to refuse.
+    """
+    columns = list(columns)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = fh.readline()
+    except OSError:
+        return columns
+    if not first.endswith("\n"):  # no file, or a header torn while being written
+        return columns
+    header = next(csv.reader([first]), [])
+    if header[: len(required)] != list(required):
+        return columns
+    if header == columns[: len(header)] or columns == header[: len(columns)]:
+        return header
+    return columns
 
 
 def _choices(name: str, values: Iterable[str], accepted: Sequence[str]) -> list[str]:

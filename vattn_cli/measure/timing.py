@@ -38,6 +38,11 @@ class Timing:
         return 1e3 * statistics.median(self.times_s)
 
     @property
+    def samples_ms(self) -> list[float]:
+        """Every timed run, in ms, in the order they ran (the ``latency_samples_ms`` column)."""
+        return [1e3 * t for t in self.times_s]
+
+    @property
     def iqr_ms(self) -> float:
         if len(self.times_s) < 2:
             return 0.0
