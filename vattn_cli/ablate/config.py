@@ -35,6 +35,8 @@ DEFAULT_SIZES = (32,)
 #: Seeds of each setting when none are given.
 DEFAULT_SEEDS = (0,)
 POS_EMBEDS = ("none", "space", "space-time")
+#: Every ``--pos-embeds`` value accepted (the default study compares :data:`POS_EMBEDS`, the paper's).
+POS_EMBED_CHOICES = POS_EMBEDS + ("joint", "sincos")
 #: The scheme and frame counts of the position-embedding study (the paper's Table 4).
 POS_EMBED_SCHEME = "divided"
 POS_EMBED_FRAMES = (8,)
@@ -65,6 +67,7 @@ class StudyConfig:
     workers: int = 1
     device: str = "cpu"
     patch: int | None = 8
+    tubelet: int = 1  # frames per patch (a 3D patch embedding when > 1)
     views: str = "1x1"
     model_options: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=lambda: {"frames": 9, "size": 32})

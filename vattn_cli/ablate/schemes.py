@@ -179,6 +179,7 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
         out_dir=str(out / "runs" / run.dataset / run.name), scheme=run.scheme, data=run.data, val="none",
         root=config.root, cache_dir=config.cache_dir, data_options=builtin_options(run.data, config),
         model=config.model, frames=run.frames, size=run.size, patch=config.patch, model_options=options,
+        tubelet=config.tubelet if config.tubelet != 1 else None,
         epochs=config.epochs, batch=config.batch, lr=config.lr, workers=config.workers, seed=run.seed,
         device=config.device, resume=resume,
     )
@@ -192,7 +193,7 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
                   progress=progress)
     device = next(result.model.parameters()).device.type
     setting = m.expand(schemes=[run.scheme], models=[config.model], frames=[run.frames], sizes=[run.size],
-                       patches=[config.patch] if config.patch else None, device=device,
+                       patches=[config.patch] if config.patch else None, tubelets=[config.tubelet], device=device,
                        num_classes=result.num_classes)[0]
     measures = [x for x in config.measures if x != "flops"]  # FLOPs: counted on the trained model below
     row = m.run_setting(setting, measures, m.RunOptions(warmup=1, repeats=config.repeats, seed=run.seed))
@@ -255,6 +256,9 @@ def run(
     columns, first = (POS_COLUMNS, _FIRST_POS_COLUMNS) if pos else (COLUMNS, _FIRST_COLUMNS)
     if resume:  # a file of an earlier version (without provenance) resumes with its own header
         columns = m.resume_columns(out / csv_name, columns, first)
+    if "tubelet" not in columns and config.tubelet != 1:
+        raise UsageError(f"{out / csv_name} was written before the tubelet column (its rows are tubelet 1); "
+                         "resume it without --tubelet, or choose another --out")
     rowlog = RowLog(out / csv_name, columns)
     done = {row_key(row) for row in rowlog.open(resume=resume)}
     todo = [r for r in runs if r.key() not in done]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from vattn_cli import measure as m
 from vattn_cli.ablate.config import BASE_FRAMES, BASE_SIZE, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES
+from vattn_cli.errors import UsageError
 from vattn_cli.measure.setting import Setting
 from vattn_cli.report.rowlog import RowLog
 
@@ -102,6 +103,7 @@ def plan(
     *,
     model: str = TOKENS_MODEL,
     patch: int | None = None,
+    tubelet: int = Setting.tubelet,
     batch: int = Setting.batch,
     mode: str = Setting.mode,
     dtype: str = Setting.dtype,
@@ -113,7 +115,8 @@ def plan(
     bad value (an unknown scheme, a size the patch does not divide, ...)."""
     frames, sizes = list(dict.fromkeys(frames)), list(dict.fromkeys(sizes))
     base_frames, base_size = base_value(frames, BASE_FRAMES), base_value(sizes, BASE_SIZE)
-    common = dict(schemes=list(schemes), models=[model], patches=[patch] if patch else None, batches=[batch],
+    common = dict(schemes=list(schemes), models=[model], patches=[patch] if patch else None, tubelets=[tubelet],
+                  batches=[batch],
                   modes=[mode], dtypes=[dtype], device=device)
     if grid:
         settings = m.expand(frames=frames, sizes=sizes, **common)
@@ -266,6 +269,8 @@ def read_rows(path: Path, plan_: Plan) -> pd.DataFrame:
     import pandas as pd
 
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={m.SAMPLES_COLUMN: str})
+    if "tubelet" not in frame.columns:  # a file from before the tubelet column: per-frame patches
+        frame["tubelet"] = 1
     order = {s.key(): i for i, s in enumerate(plan_.settings)}
     position = [order.get(m.row_key(row)) for row in frame.to_dict(orient="records")]
     frame = frame.assign(_order=position).dropna(subset=["_order"])
@@ -309,6 +314,9 @@ def run(
         missing, extra = [c for c in wanted_columns if c not in columns], [c for c in columns if c not in wanted_columns]
         say(f"{out / CSV_NAME} keeps its columns: " + "; ".join(
             ([f"without {', '.join(missing)}"] if missing else []) + ([f"with {', '.join(extra)}"] if extra else [])))
+    if "tubelet" not in columns and any(s.tubelet != 1 for s in plan_.settings):
+        raise UsageError(f"{out / CSV_NAME} was written before the tubelet column (its rows are tubelet 1); "
+                         "resume it without --tubelet, or choose another --out")
     rowlog = RowLog(out / CSV_NAME, columns)
     done = {m.row_key(row) for row in rowlog.open(resume=resume)}
     try:

@@ -14,7 +14,7 @@ import typer
 
 from vattn_cli.ablate.config import (
     ALL_SCHEMES, BASE_FRAMES, BASE_SIZE, BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES,
-    POS_EMBED_SCHEME, POS_EMBEDS, TOKENS_BUDGET_S, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES, StudyConfig,
+    POS_EMBED_CHOICES, POS_EMBED_SCHEME, POS_EMBEDS, TOKENS_BUDGET_S, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES, StudyConfig,
 )
 from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
@@ -81,6 +81,8 @@ def tokens(
     model: str = typer.Option(None, "--model", help=f"One size ({', '.join(SIZES)}) or preset (default: {TOKENS_MODEL})."),
     patch: int = typer.Option(None, "--patch", min=1, help=f"Patch size in pixels (default: {DEFAULTS['patch']}, or "
                               "the preset's)."),
+    tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding when "
+                                f"> 1; every --frames must be a multiple of it (default: {Setting.tubelet})."),
     batch: int = typer.Option(None, "--batch", min=1, help=f"Clips per step (default: {Setting.batch})."),
     mode: Mode = None,
     dtype: OneDtype = None,
@@ -110,7 +112,7 @@ def tokens(
         frames=int_list("--frames", frames) if frames is not None else None,
         sizes=int_list("--sizes", sizes) if sizes is not None else None,
         model=one_choice("--model", model, list_models()) if model is not None else None,
-        patch=patch, batch=batch,
+        patch=patch, tubelet=tubelet, batch=batch,
         mode=one_choice("--mode", mode, list(MODES)) if mode is not None else None,
         dtype=one_choice("--dtype", dtype, list(DTYPES)) if dtype is not None else None,
     )
@@ -164,6 +166,9 @@ ClipsFlag = Annotated[Optional[str], typer.Option(
     + ", ".join(f"{default_text(counts)} for {task}" for task, counts in DEFAULT_CLIPS.items()) + ").")]
 PatchFlag = Annotated[Optional[int], typer.Option(
     "--patch", min=1, help=f"Patch size in pixels (default: {StudyConfig.patch}).")]
+TubeletFlag = Annotated[Optional[int], typer.Option(
+    "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding when > 1; every --frames must be a "
+    f"multiple of it (default: {StudyConfig.tubelet}).")]
 ViewsFlag = Annotated[Optional[str], typer.Option(
     "--views", help=f"Evaluation views TxS, temporal clips x spatial crops (default: {StudyConfig.views}).")]
 CacheFlag = Annotated[Optional[Path], typer.Option(
@@ -177,7 +182,7 @@ StudySeed = Annotated[Optional[int], typer.Option(
 
 def _study_config(*, model: str | None, epochs: int | None, batch: int | None, lr: float | None,
                   workers: int | None, device: str | None, clips: str | None, views: str | None,
-                  cache_dir: Path | None, patch: int | None) -> StudyConfig:
+                  cache_dir: Path | None, patch: int | None, tubelet: int | None = None) -> StudyConfig:
     """The flags given, over :class:`StudyConfig`'s defaults (checked without torch, but the device)."""
     from vattn_cli.runtime import resolve_device
 
@@ -192,7 +197,7 @@ def _study_config(*, model: str | None, epochs: int | None, batch: int | None, l
     values = given(
         model=one_choice("--model", model, list(SIZES)) if model is not None else None, epochs=epochs,
         batch=batch, lr=lr, workers=workers, views=views, cache_dir=str(cache_dir) if cache_dir else None,
-        clips=tuple(counts) if counts else None, patch=patch,
+        clips=tuple(counts) if counts else None, patch=patch, tubelet=tubelet,
     )
     return StudyConfig(device=resolve_device(device if device is not None else DEFAULT_DEVICE).type, **values)
 
@@ -220,7 +225,16 @@ def _plan_options(val: str | None, frames: str | None, sizes: str | None, seed: 
     )
 
 
+def _check_tubelet(runs, tubelet: int | None) -> None:
+    """Every run's frame count against ``--tubelet``: one usage line before torch loads or training starts."""
+    from vattn_cli.zoo.catalog import check_tubelet
+
+    for run in runs:
+        check_tubelet(run.frames, StudyConfig.tubelet if tubelet is None else tubelet)
+
+
 def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: str, title: str, label: str) -> None:
+    _check_tubelet(runs, config.tubelet)
     from vattn_cli.ablate import schemes as study
     from vattn_cli.ablate.progress import StudyProgress
 
@@ -268,6 +282,7 @@ def schemes(
     workers: WorkersFlag = None,
     clips: ClipsFlag = None,
     patch: PatchFlag = None,
+    tubelet: TubeletFlag = None,
     views: ViewsFlag = None,
     cache_dir: CacheFlag = None,
     resume: ResumeFlag = False,
@@ -280,8 +295,10 @@ def schemes(
 
     names = scheme_list("--schemes", schemes if schemes is not None else default_text(ALL_SCHEMES))
     runs = study.plan(_data(data), names, **_plan_options(val, frames, sizes, seed, seeds))
+    _check_tubelet(runs, tubelet)
     config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
-                           clips=clips, views=views, cache_dir=cache_dir, patch=patch)
+                           clips=clips, views=views, cache_dir=cache_dir, patch=patch,
+                           tubelet=tubelet)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.CSV_NAME,
                title="Accuracy against compute (vattn ablate schemes)", label="scheme")
 
@@ -292,7 +309,7 @@ def pos_embed(
     scheme: str = typer.Option(None, "--scheme", "--schemes", help="The one scheme whose position embeddings are "
                                f"varied (default: {POS_EMBED_SCHEME}). --schemes is an alias."),
     pos_embeds: str = typer.Option(None, "--pos-embeds", help=f"Position embeddings to compare, comma-separated: "
-                                   f"{', '.join(POS_EMBEDS)} (default: {default_text(POS_EMBEDS)})."),
+                                   f"{', '.join(POS_EMBED_CHOICES)} (default: {default_text(POS_EMBEDS)})."),
     data: DataFlag = None,
     val: ValFlag = None,
     frames: str = typer.Option(None, "--frames", help="Frame counts (token settings), comma-separated "
@@ -306,6 +323,7 @@ def pos_embed(
     workers: WorkersFlag = None,
     clips: ClipsFlag = None,
     patch: PatchFlag = None,
+    tubelet: TubeletFlag = None,
     views: ViewsFlag = None,
     cache_dir: CacheFlag = None,
     resume: ResumeFlag = False,
@@ -324,11 +342,13 @@ def pos_embed(
     names = scheme_list("--scheme", scheme if scheme is not None else POS_EMBED_SCHEME)
     if len(names) != 1:
         raise UsageError(f"invalid --scheme {scheme!r}; expected one scheme")
-    kinds = choice_list("--pos-embeds", pos_embeds, list(POS_EMBEDS)) if pos_embeds is not None else None
+    kinds = choice_list("--pos-embeds", pos_embeds, list(POS_EMBED_CHOICES)) if pos_embeds is not None else None
     runs = study.pos_embed_plan(_data(data), names[0], **_plan_options(val, frames, sizes, seed, seeds),
                                 **given(pos_embeds=kinds))
+    _check_tubelet(runs, tubelet)
     config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
-                           clips=clips, views=views, cache_dir=cache_dir, patch=patch)
+                           clips=clips, views=views, cache_dir=cache_dir, patch=patch,
+                           tubelet=tubelet)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.POS_CSV_NAME,
                title=f"Position embeddings of {names[0]} (vattn ablate pos-embed)", label="pos_embed")
 

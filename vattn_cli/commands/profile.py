@@ -67,6 +67,8 @@ def profile(
                              f"(default: {DEFAULTS['img_size']}, or the preset's)."),
     patch: str = typer.Option(None, "--patch", help="Patch size in pixels, comma-separated "
                               f"(default: {DEFAULTS['patch']}, or the preset's)."),
+    tubelet: str = typer.Option(None, "--tubelet", help="Frames per patch, comma-separated: a 3D (tubelet) patch "
+                                f"embedding when > 1, so (frames / tubelet) x (size / patch)^2 tokens (default: {Setting.tubelet})."),
     batch: str = typer.Option(None, "--batch", help=f"Clips per step, comma-separated (default: {Setting.batch})."),
     mode: Mode = None,
     dtype: Dtypes = None,
@@ -91,8 +93,8 @@ def profile(
 ) -> None:
     """Measure params, FLOPs, latency, throughput and peak memory of every combination.
 
-    Every combination of --scheme x --model x --frames x --size x --patch x --batch x --mode x
-    --dtype runs in its own worker process. FLOPs follow fvcore (one multiply-add = one FLOP,
+    Every combination of --scheme x --model x --frames x --size x --patch x --tubelet x --batch x
+    --mode x --dtype runs in its own worker process. FLOPs follow fvcore (one multiply-add = one FLOP,
     per clip); attention via scaled_dot_product_attention counts like explicit matmuls.
 
     Example: vattn profile --scheme divided --frames 96
@@ -128,6 +130,7 @@ def profile(
         frames=int_list("--frames", frames) if frames else None,
         sizes=int_list("--size", size) if size else None,
         patches=int_list("--patch", patch) if patch else None,
+        tubelets=int_list("--tubelet", tubelet) if tubelet else None,
         compile=compile_,
         **given(batches=int_list("--batch", batch) if batch else None,
                 modes=choice_list("--mode", mode, list(MODES)) if mode else None, dtypes=dtypes),
@@ -159,7 +162,8 @@ def profile(
             count = cache.get(setting.geometry()) or m.count_model_flops(model_config(setting))
             console.print(rich_table(m.breakdown_frame(count),
                                      title=f"FLOPs by module: {setting.scheme} {setting.model} "
-                                           f"{setting.frames}x{setting.img_size}/{setting.patch}"))
+                                           f"{setting.frames}x{setting.img_size}/{setting.patch}"
+                                           + (f" tubelet {setting.tubelet}" if setting.tubelet != 1 else "")))
     failed = [s for s in frame["status"] if str(s).startswith("error")]
     if failed:
         raise RunError(f"{len(failed)} of {len(frame)} combinations failed (see the status column): {failed[0]}")

@@ -52,6 +52,9 @@ def train(
     size: int = typer.Option(None, help="Frame size in pixels, square "
                                         f"(default: the preset's, else {DEFAULTS['img_size']})."),
     patch: int = typer.Option(None, help=f"Patch size in pixels (default: the preset's, else {DEFAULTS['patch']})."),
+    tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding when "
+                                "> 1; --init of a per-frame checkpoint puts its 2D patch weights on the central frame of "
+                                "each tubelet (ViViT's initialisation) (default: 1, or the --init checkpoint's)."),
     epochs: int = typer.Option(None, help=f"Epochs (default: {TrainConfig.epochs})."),
     batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it) "
                                          f"(default: {TrainConfig.batch})."),
@@ -104,7 +107,7 @@ def train(
     values = given(
         scheme=scheme, data=data, val=val, root=root,
         model=one_choice("--model", model, list_models()) if model is not None else None,
-        frames=frames, size=size, patch=patch, epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay,
+        frames=frames, size=size, patch=patch, tubelet=tubelet, epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, optimizer=optimizer, dtype=dtype,
         workers=workers, init=init, scratch_init=scratch_init, save_every=save_every, val_views=val_views, seed=seed,
         train_scale=_scale(train_scale) if train_scale is not None else None,

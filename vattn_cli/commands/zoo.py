@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vattn_cli.commands._options import int_list, scheme_list, split_list
-from vattn_cli.errors import RunError, one_of
+from vattn_cli.errors import RunError, UsageError, one_of
 from vattn_cli.report.tables import emit
 from vattn_cli.runtime import DEFAULT_DEVICE, DEFAULT_SEED, DEVICES, check_device_name
 from vattn_cli.zoo.catalog import DEFAULTS, SIZES, validate_setting
@@ -19,6 +19,8 @@ def zoo(
     img_size: int = typer.Option(None, "--img-size", help="Frame size in pixels, square "
                                  f"(default: {DEFAULTS['img_size']}; with --check, the conformance suite's)."),
     patch: int = typer.Option(None, help=f"Patch size in pixels (default: {DEFAULTS['patch']})."),
+    tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding "
+                                "when > 1, (frames / tubelet) x (size / patch)^2 tokens (default: 1)."),
     scheme: str = typer.Option(
         None, "--scheme", "--schemes",
         help="List only these schemes: names, import paths module.path:Class, or all. --schemes is an alias.",
@@ -46,18 +48,24 @@ def zoo(
         raise one_of("--model", size, list(SIZES))
     patch = DEFAULTS["patch"] if patch is None else patch
     if check is not None:
+        if tubelet not in (None, 1):
+            raise UsageError("--tubelet does not apply to --check (the conformance suite runs per-frame patches)")
         _check(check, frames, img_size, patch, device, seed, csv, json_path, quiet)
         return
     frames = DEFAULTS["frames"] if frames is None else frames
     img_size = DEFAULTS["img_size"] if img_size is None else img_size
     int_list("--frames", str(frames))
-    validate_setting("divided", size, frames, img_size, patch)
+    validate_setting("divided", size, frames, img_size, patch, 1 if tubelet is None else tubelet)
     names = scheme_list("--scheme", scheme) if scheme is not None else None
     from vattn_cli.zoo.info import zoo_frame
 
-    frame = zoo_frame(size=size, frames=frames, img_size=img_size, patch=patch, schemes=names)
-    emit(frame, csv=csv, json_path=json_path, quiet=quiet, title=f"vattn zoo ({size}, {frames}x{img_size}, patch {patch})",
-         columns=["kind", "name", "scheme", "size", "frames", "img_size", "tokens", "params_m", "source", "description"])
+    extra = {"tubelet": tubelet} if tubelet not in (None, 1) else {}
+    frame = zoo_frame(size=size, frames=frames, img_size=img_size, patch=patch, schemes=names, **extra)
+    shown = f", tubelet {tubelet}" if extra else ""
+    emit(frame, csv=csv, json_path=json_path, quiet=quiet,
+         title=f"vattn zoo ({size}, {frames}x{img_size}, patch {patch}{shown})",
+         columns=["kind", "name", "scheme", "size", "frames", "img_size", *extra, "tokens", "params_m", "source",
+                  "description"])
 
 
 def _check(text: str, frames: int | None, img_size: int | None, patch: int, device: str | None, seed: int | None,

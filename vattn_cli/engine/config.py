@@ -76,6 +76,7 @@ class TrainConfig:
     frames: int | None = None
     size: int | None = None
     patch: int | None = None
+    tubelet: int | None = None  # frames per patch (3D patch embedding when > 1); None: 1, or the --init file's
     model_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch: int = 8
@@ -136,6 +137,10 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
         parse_views(self.val_views)
+        if self.tubelet is not None:
+            from vattn_cli.zoo.catalog import check_tubelet
+
+            check_tubelet(self.frames if self.frames is not None else 0, self.tubelet)
         if self.scratch_init < 0:
             raise UsageError(f"invalid --scratch-init {self.scratch_init}; expected a number >= 0")
         if self.train_scale is not None and not (len(self.train_scale) == 2 and 0 < self.train_scale[0] <= self.train_scale[1]):

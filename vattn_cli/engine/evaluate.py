@@ -239,11 +239,11 @@ class CheckpointEval:
         cfg, res = self.model_config, self.result
         base = {
             "scheme": cfg["scheme"], "model": cfg.get("model") or cfg.get("size"), "frames": res.frames,
-            "size": res.size, "patch": cfg["patch"], "tokens": token_count(cfg["scheme"], res.frames, res.size, cfg["patch"]),
+            "size": res.size, "patch": cfg["patch"], "tokens": token_count(cfg["scheme"], res.frames, res.size, cfg["patch"], cfg.get("tubelet", 1)),
             "batch": self.batch, "mode": "infer", "dtype": self.dtype, "device": self.device, "params_m": self.params_m,
             "gflops": res.gflops_per_view, "attn_gflops": res.attn_gflops_per_view, "latency_ms": float("nan"),
             "latency_iqr_ms": float("nan"), "throughput": res.clips_per_s, "peak_mem_mb": self.peak_mem_mb,
-            "status": "ok", "top1": res.top1, "top5": res.top5, "views": res.views_text, "epochs": self.epochs,
+            "status": "ok", "tubelet": cfg.get("tubelet", 1), "top1": res.top1, "top5": res.top5, "views": res.views_text, "epochs": self.epochs,
             "dataset": res.dataset, "clips": res.n, "checkpoint": self.checkpoint,
         }
         rows = [{**base, "class": "all", "label": None}] if per_class else [base]

@@ -165,14 +165,15 @@ def _build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     setting = resolve_model(config.model or DEFAULT_MODEL, config.scheme, None, config.frames, config.size, config.patch, num_classes)
     return create_model(setting["scheme"], size=setting["size"], frames=setting["frames"],
                         img_size=setting["img_size"], patch=setting["patch"], num_classes=num_classes,
-                        **config.model_options)
+                        **({"tubelet": config.tubelet} if config.tubelet is not None else {}), **config.model_options)
 
 
 def _init_model(config: TrainConfig) -> nn.Module:
     """Start from ``--init``: position embeddings resized to the run's clip (head fixed later)."""
     from vattn_cli.zoo.registry import PRESETS, SIZES
 
-    model = load_checkpoint(config.init, frames=config.frames, img_size=config.size)
+    model = load_checkpoint(config.init, frames=config.frames, img_size=config.size, tubelet=config.tubelet,
+                            tubelet_init=config.model_options.get("tubelet_init"))
     got = model.config
     if config.scheme and config.scheme != got.scheme:
         raise UsageError(f"--scheme {config.scheme!r} does not match --init {config.init} (scheme {got.scheme!r})")

@@ -123,7 +123,7 @@ def rows_frame(rows: Iterable[dict[str, Any]], with_mfu: bool = False) -> pd.Dat
             frame[column] = None
     rest = [c for c in frame.columns if c not in ROW_COLUMNS + extras]
     frame = frame[ROW_COLUMNS + extras + rest]
-    for column in ("frames", "size", "patch", "tokens", "batch", "repeats", "threads"):
+    for column in ("frames", "size", "patch", "tokens", "batch", "repeats", "threads", "tubelet"):
         frame[column] = pd.array(frame[column], dtype="Int64")  # integers stay integers beside an oom row
     return frame
 

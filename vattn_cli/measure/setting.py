@@ -15,12 +15,15 @@ from typing import Any
 
 from vattn_cli.errors import UsageError, one_of
 
-#: Columns every measurement row carries, in this order (the contract).
+#: Columns every measurement row carries, in this order (the contract; ``tubelet``, added later,
+#: goes after ``status`` so the older columns keep their places).
 ROW_COLUMNS = [
     "scheme", "model", "frames", "size", "patch", "tokens", "batch", "mode", "dtype", "device",
     "params_m", "gflops", "attn_gflops", "latency_ms", "latency_iqr_ms", "throughput",
-    "peak_mem_mb", "status",
+    "peak_mem_mb", "status", "tubelet",
 ]
+#: Contract columns added after the first files were written: a file without them still resumes.
+LATER_ROW_COLUMNS = ("tubelet",)
 #: Where and how a row was measured (:mod:`vattn_cli.measure.provenance` says what each holds).
 PROVENANCE_COLUMNS = ["vattn_version", "torch_version", "device_name", "threads", "machine"]
 #: Every timed run's latency in ms: a list in JSON (always), space-separated in CSV (``--samples``).
@@ -44,6 +47,7 @@ class Setting:
     img_size: int
     patch: int = 16
     batch: int = 1
+    tubelet: int = 1  # frames per patch: a 3D patch embedding when > 1
     mode: str = "infer"
     dtype: str = "fp32"
     device: str = "cpu"
@@ -55,19 +59,21 @@ class Setting:
     def tokens(self) -> int:
         from vattn_cli.zoo.registry import token_count
 
-        return token_count(self.scheme, self.frames, self.img_size, self.patch)
+        return token_count(self.scheme, self.frames, self.img_size, self.patch, self.tubelet)
 
     def geometry(self) -> tuple:
         """What the FLOP count depends on (not batch, mode, dtype or device)."""
-        return (self.scheme, self.arch, self.frames, self.img_size, self.patch, self.num_classes, self.options)
+        return (self.scheme, self.arch, self.frames, self.img_size, self.patch, self.num_classes, self.options,
+                self.tubelet)
 
     def key(self) -> tuple:
         """The row's identity, for resuming a sweep (compare with :func:`row_key`)."""
         return (self.scheme, self.model, self.frames, self.img_size, self.patch, self.batch, self.mode,
-                self.dtype, self.device)
+                self.dtype, self.device, self.tubelet)
 
     def label(self) -> str:
-        return (f"{self.scheme} {self.model} {self.frames}x{self.img_size}/{self.patch} b{self.batch} "
+        tubelet = f" t{self.tubelet}" if self.tubelet != 1 else ""
+        return (f"{self.scheme} {self.model} {self.frames}x{self.img_size}/{self.patch}{tubelet} b{self.batch} "
                 f"{self.mode} {self.dtype}")
 
     def create_model(self):
@@ -75,14 +81,15 @@ class Setting:
         from vattn_cli.zoo import create_model
 
         return create_model(self.scheme, size=self.arch, frames=self.frames, img_size=self.img_size,
-                            patch=self.patch, num_classes=self.num_classes, scheme_options=dict(self.options))
+                            patch=self.patch, num_classes=self.num_classes, scheme_options=dict(self.options),
+                            **({"tubelet": self.tubelet} if self.tubelet != 1 else {}))
 
     def row_base(self) -> dict[str, Any]:
         """The identifying columns of this setting's row."""
         return {
             "scheme": self.scheme, "model": self.model, "frames": self.frames, "size": self.img_size,
             "patch": self.patch, "tokens": self.tokens, "batch": self.batch, "mode": self.mode,
-            "dtype": self.dtype, "device": self.device,
+            "dtype": self.dtype, "device": self.device, "tubelet": self.tubelet,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,9 +116,12 @@ class RunOptions:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    """The identity of a row read back from a CSV, comparable with :meth:`Setting.key`."""
+    """The identity of a row read back from a CSV, comparable with :meth:`Setting.key`; a row from
+    before the ``tubelet`` column (or with it empty) is tubelet 1."""
+    tubelet = row.get("tubelet")
+    tubelet = 1 if tubelet is None or tubelet == "" or (isinstance(tubelet, float) and tubelet != tubelet) else tubelet
     return (str(row["scheme"]), str(row["model"]), int(row["frames"]), int(row["size"]), int(row["patch"]),
-            int(row["batch"]), str(row["mode"]), str(row["dtype"]), str(row["device"]))
+            int(row["batch"]), str(row["mode"]), str(row["dtype"]), str(row["device"]), int(float(tubelet)))
 
 
 def format_samples(samples: Any) -> str:
@@ -145,8 +155,10 @@ def resume_columns(path: str | os.PathLike, columns: Sequence[str], required: Se
 
     The file's header is kept when it starts with ``required`` (the columns every version of
     the file has) and is a prefix of ``columns`` (an older version's file, or one written
-    without ``--samples``) or has ``columns`` as its prefix (written with ``--samples``). Any
-    other header is left for :class:`~vattn_cli.report.rowlog.RowLog` to refuse.
+    without ``--samples``) or has ``columns`` as its prefix (written with ``--samples``). A file
+    from before the ``tubelet`` column is compared without it (its rows read back as tubelet 1;
+    the study refuses to add rows of another tubelet to it). Any other header is left for
+    :class:`~vattn_cli.report.rowlog.RowLog` to refuse.
     """
     columns = list(columns)
     try:
@@ -157,6 +169,15 @@ def resume_columns(path: str | os.PathLike, columns: Sequence[str], required: Se
     if not first.endswith("\n"):  # no file, or a header torn while being written
         return columns
     header = next(csv.reader([first]), [])
+    if "tubelet" not in header:  # a file from before the tubelet column: its rows are tubelet 1
+        columns_now = columns
+        columns = [c for c in columns if c not in LATER_ROW_COLUMNS]
+        required = [c for c in required if c not in LATER_ROW_COLUMNS]
+        if header[: len(required)] != list(required):
+            return columns_now
+        if header == columns[: len(header)] or columns == header[: len(columns)]:
+            return header
+        return columns_now
     if header[: len(required)] != list(required):
         return columns
     if header == columns[: len(header)] or columns == header[: len(columns)]:
@@ -178,6 +199,7 @@ def expand(
     frames: Sequence[int] | None = None,
     sizes: Sequence[int] | None = None,
     patches: Sequence[int] | None = None,
+    tubelets: Sequence[int] | None = None,
     batches: Sequence[int] = (1,),
     modes: Sequence[str] = ("infer",),
     dtypes: Sequence[str] = ("fp32",),
@@ -197,22 +219,24 @@ def expand(
         schemes = resolve_scheme_names(list(schemes))
     _choices("--mode", modes, MODES)
     _choices("--dtype", dtypes, DTYPES)
-    for flag, values in (("--frames", frames), ("--size", sizes), ("--patch", patches), ("--batch", batches)):
+    for flag, values in (("--frames", frames), ("--size", sizes), ("--patch", patches), ("--tubelet", tubelets),
+                         ("--batch", batches)):
         for value in values or ():
             if int(value) < 1:
                 raise UsageError(f"invalid {flag} {value}; expected integers >= 1")
     settings: list[Setting] = []
     for model in models or [None]:
         for scheme in schemes or [None]:
-            for f, s, p in itertools.product(frames or [None], sizes or [None], patches or [None]):
+            for f, s, p, t in itertools.product(frames or [None], sizes or [None], patches or [None],
+                                                tubelets or [1]):
                 resolved = resolve_model(model, scheme, None, f, s, p, num_classes)
                 validate_setting(resolved["scheme"], resolved["size"], resolved["frames"],
-                                 resolved["img_size"], resolved["patch"])
+                                 resolved["img_size"], resolved["patch"], int(t))
                 for b, mode, dtype in itertools.product(batches, modes, dtypes):
                     settings.append(Setting(
                         scheme=resolved["scheme"], model=resolved["model"], arch=resolved["size"],
                         frames=int(resolved["frames"]), img_size=int(resolved["img_size"]),
-                        patch=int(resolved["patch"]), batch=int(b), mode=mode, dtype=dtype, device=device,
+                        patch=int(resolved["patch"]), tubelet=int(t), batch=int(b), mode=mode, dtype=dtype, device=device,
                         num_classes=int(resolved["num_classes"]), compile=compile,
                         options=tuple(sorted((options or {}).items())),
                     ))

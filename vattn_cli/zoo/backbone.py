@@ -6,7 +6,22 @@ official TimeSformer code (``patch_embed.proj``, ``cls_token``, ``pos_embed``, `
 
 Position embeddings are learned for the setting the model was built at; a clip of another
 frame count or resolution gets them resized on the fly (nearest, like the official code), so
-one checkpoint runs at any number of tokens.
+one checkpoint runs at any number of tokens. ``pos_embed`` picks them:
+
+* ``space-time`` (default, TimeSformer's): a spatial table ``[1, (CLS) + h*w, D]`` plus a separate
+  time table ``[1, T', D]`` (``time_embed``), for the schemes that use one;
+* ``space``: the spatial table only; ``none``: no position embedding;
+* ``joint``: one learned table over every space-time token, ``[1, (CLS) + T'*h*w, D]``, as
+  ViViT (Hugging Face's ``VivitEmbeddings``); another clip gets it resized over (t, h, w),
+  nearest, its CLS slot kept;
+* ``sincos``: VideoMAE's fixed sine-cosine table over the patch tokens (not learned, not saved:
+  a buffer, computed for each clip's own token count, so nothing is resized; a CLS token gets none).
+
+Tubelets (``tubelet`` > 1, ViViT's "tubelet embedding"): the patch embedding is a 3D convolution
+with kernel and stride ``(tubelet, patch, patch)``, so the token grid is ``(T / tubelet) x h x w``
+and every scheme runs on it unchanged. ``tubelet`` 1 is the per-frame 2D convolution, bit for bit.
+A per-frame (2D) ``patch_embed.proj.weight`` loaded into a tubelet model is inflated by the
+model's ``tubelet_init`` rule (``central`` or ``repeat``: :func:`~vattn_cli.zoo.layers.inflate_patch_weight`).
 """
 
 from __future__ import annotations
@@ -18,10 +33,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vattn_cli.zoo.layers import init_weights, interpolate_space, interpolate_time
+from vattn_cli.zoo.layers import (
+    TUBELET_INITS, init_weights, inflate_patch_weight, interpolate_joint, interpolate_space, interpolate_time,
+    sincos_table,
+)
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SchemeBlock, build_block
 
-POS_EMBED_MODES = ("space-time", "space", "none")
+POS_EMBED_MODES = ("space-time", "space", "none", "joint", "sincos")
 
 
 @dataclass
@@ -47,6 +65,13 @@ class VideoTransformerConfig:
     size: str | None = None
     model: str | None = None
     scheme_options: dict[str, Any] = field(default_factory=dict)
+    tubelet: int = 1  # frames per patch (ViViT's tubelet embedding); 1: per-frame patches
+    tubelet_init: str = "central"  # how 2D patch weights inflate into the 3D kernel (see layers)
+
+    @property
+    def time_tokens(self) -> int:
+        """Temporal positions of the token grid: ``frames / tubelet``."""
+        return self.frames // self.tubelet
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,14 +87,37 @@ def block_args(config: VideoTransformerConfig) -> BlockArgs:
 
 
 class PatchEmbed(nn.Module):
-    """Per-frame patch embedding: a ``patch x patch`` convolution with stride ``patch``."""
+    """Patch embedding: per frame, a ``patch x patch`` convolution with stride ``patch``
+    (``tubelet`` 1); with ``tubelet`` > 1, a 3D convolution with kernel and stride
+    ``(tubelet, patch, patch)`` (ViViT's tubelet embedding), one token per tubelet.
 
-    def __init__(self, patch: int, in_chans: int, dim: int) -> None:
+    A 2D kernel ``[D, C, p, p]`` loaded into a tubelet embedding (a per-frame or image model's
+    weights) is inflated by ``tubelet_init`` (:func:`~vattn_cli.zoo.layers.inflate_patch_weight`).
+    """
+
+    def __init__(self, patch: int, in_chans: int, dim: int, tubelet: int = 1, tubelet_init: str = "central") -> None:
         super().__init__()
+        if tubelet < 1:
+            raise ValueError(f"tubelet must be >= 1, got {tubelet}")
+        if tubelet_init not in TUBELET_INITS:
+            raise ValueError(f"tubelet_init must be one of {TUBELET_INITS}, got {tubelet_init!r}")
         self.patch = patch
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+        self.tubelet = tubelet
+        self.tubelet_init = tubelet_init
+        if tubelet == 1:
+            self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+        else:
+            self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        key = prefix + "proj.weight"
+        if self.tubelet > 1 and key in state_dict and state_dict[key].ndim == 4:
+            state_dict[key] = inflate_patch_weight(state_dict[key], self.tubelet, self.tubelet_init)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, video: Tensor) -> Tensor:
+        if self.tubelet > 1:
+            return rearrange(self.proj(video), "b d t h w -> b t h w d")
         t = video.shape[2]
         x = self.proj(rearrange(video, "b c t h w -> (b t) c h w"))
         return rearrange(x, "(b t) d h w -> b t h w d", t=t)
@@ -87,21 +135,30 @@ class VideoTransformer(nn.Module):
         super().__init__()
         if config.pos_embed not in POS_EMBED_MODES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, got {config.pos_embed!r}")
+        if config.tubelet < 1 or config.frames % config.tubelet:
+            raise ValueError(f"frames {config.frames} is not a multiple of the tubelet {config.tubelet}")
         self.config = config
         self.cls_mode = block_cls.cls_token
         dim, grid_side = config.dim, config.img_size // config.patch
+        self.pos_grid = (config.time_tokens, grid_side, grid_side)  # the grid pos_embed was built for
 
-        self.patch_embed = PatchEmbed(config.patch, config.in_chans, dim)
+        self.patch_embed = PatchEmbed(config.patch, config.in_chans, dim, config.tubelet, config.tubelet_init)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.cls_mode != "none" else None
         has_cls = self.cls_token is not None
+        pos_tokens = grid_side * grid_side * (config.time_tokens if config.pos_embed == "joint" else 1)
         self.pos_embed = (
-            nn.Parameter(torch.zeros(1, int(has_cls) + grid_side * grid_side, dim))
-            if config.pos_embed != "none" else None
+            nn.Parameter(torch.zeros(1, int(has_cls) + pos_tokens, dim))
+            if config.pos_embed in ("space-time", "space", "joint") else None
         )
         self.time_embed = (
-            nn.Parameter(torch.zeros(1, config.frames, dim))
+            nn.Parameter(torch.zeros(1, config.time_tokens, dim))
             if config.pos_embed == "space-time" and block_cls.uses_time_embed else None
         )
+        if config.pos_embed == "sincos":  # fixed; recomputed for a clip of another token count
+            self.register_buffer("sincos_embed", sincos_table(config.time_tokens * grid_side * grid_side, dim),
+                                 persistent=False)
+        else:
+            self.sincos_embed = None
         self.pos_drop = nn.Dropout(config.drop_rate)
         rates = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
         args = block_args(config)
@@ -130,10 +187,12 @@ class VideoTransformer(nn.Module):
         if video.ndim != 5:
             raise ValueError(f"expected a video [B, C, T, H, W], got shape {tuple(video.shape)}")
         _, _, t, h, w = video.shape
-        p = self.config.patch
+        p, tubelet = self.config.patch, self.config.tubelet
         if h % p or w % p:
             raise ValueError(f"frame size {h}x{w} is not divisible by the patch size {p}")
-        return Grid(t, h // p, w // p)
+        if t % tubelet:
+            raise ValueError(f"frames {t} is not a multiple of the tubelet {tubelet}")
+        return Grid(t // tubelet, h // p, w // p)
 
     def embed(self, video: Tensor) -> tuple[Tensor, Grid]:
         """Patch tokens with position embeddings and CLS token(s), in the scheme's layout."""
@@ -143,11 +202,22 @@ class VideoTransformer(nn.Module):
         x = rearrange(x, "b t h w d -> b t (h w) d")
         has_cls = self.cls_token is not None
         cls = self.cls_token.expand(b, 1, -1) if has_cls else None
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.config.pos_embed == "joint":
+            pos_patches = interpolate_joint(self.pos_embed[:, int(has_cls):], self.pos_grid, (grid.t, grid.h, grid.w))
+            x = x + pos_patches.reshape(1, grid.t, grid.h * grid.w, -1)
+            if has_cls:
+                cls = cls + self.pos_embed[:, :1]
+        elif self.pos_embed is not None:
             pos_patches = interpolate_space(self.pos_embed[:, int(has_cls):], (grid.h, grid.w))
             x = x + pos_patches.unsqueeze(1)
             if has_cls:
                 cls = cls + self.pos_embed[:, :1]
+        if self.sincos_embed is not None:
+            n = grid.t * grid.h * grid.w
+            table = self.sincos_embed
+            if int(table.shape[1]) != n:
+                table = sincos_table(n, table.shape[-1], device=x.device)
+            x = x + table.to(x.dtype).reshape(1, grid.t, grid.h * grid.w, -1)
         if self.time_embed is not None:
             x = x + interpolate_time(self.time_embed, grid.t).unsqueeze(2)
         if self.cls_mode == "shared":

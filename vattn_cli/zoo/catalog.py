@@ -262,8 +262,9 @@ def resolve_model(
     return setting
 
 
-def validate_setting(scheme: str, size: str, frames: int, img_size: int, patch: int) -> None:
-    """Raise a usage error naming the first bad value of a model setting."""
+def validate_setting(scheme: str, size: str, frames: int, img_size: int, patch: int, tubelet: int = 1) -> None:
+    """Raise a usage error naming the first bad value of a model setting (``tubelet``: frames per
+    patch; the frame count must be a multiple of it)."""
     check_scheme(scheme)
     if size not in SIZES:
         raise one_of("size", size, list(SIZES))
@@ -275,3 +276,12 @@ def validate_setting(scheme: str, size: str, frames: int, img_size: int, patch: 
         raise UsageError(
             f"invalid image size {img_size} for patch {patch}; expected a positive multiple of {patch}"
         )
+    check_tubelet(frames, tubelet)
+
+
+def check_tubelet(frames: int, tubelet: int) -> None:
+    """A usage error unless ``tubelet`` >= 1 divides ``frames`` (one token per tubelet of frames)."""
+    if not isinstance(tubelet, int) or isinstance(tubelet, bool) or tubelet < 1:
+        raise UsageError(f"invalid --tubelet {tubelet!r}; expected an integer >= 1")
+    if frames % tubelet:
+        raise UsageError(f"invalid --frames {frames} for --tubelet {tubelet}; expected a multiple of {tubelet}")

@@ -217,6 +217,14 @@ def _size_name(dim: int, depth: int, heads: int, mlp_ratio: float) -> str | None
     return None
 
 
+def tubelet_of_file(config: dict[str, Any], state: dict[str, Tensor]) -> int:
+    """The tubelet a checkpoint was saved with: its config's, else its patch kernel's depth (1 for 2D)."""
+    weight = state.get("patch_embed.proj.weight")
+    if weight is not None and weight.ndim == 5:
+        return int(weight.shape[2])
+    return int(config.get("tubelet", 1))
+
+
 def _build(
     config: dict[str, Any],
     state: dict[str, Tensor],
@@ -226,10 +234,17 @@ def _build(
     img_size: int | None,
     num_classes: int | None,
     map_location: Any,
+    tubelet: int | None = None,
+    tubelet_init: str | None = None,
 ):
-    """A model of ``config`` holding ``state``, moved to another setting where asked."""
+    """A model of ``config`` holding ``state``, moved to another setting where asked.
+
+    ``tubelet`` other than the file's turns a per-frame (2D) patch embedding into a tubelet (3D)
+    one by ``tubelet_init`` (``central`` or ``repeat``; default: the file's, else ``central``)."""
     config = dict(config)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    file_tubelet = tubelet_of_file(config, state)  # checkpoints from before tubelets: per-frame patches
+    source_grid = (int(config["frames"]) // file_tubelet,) + (int(config["img_size"]) // int(config["patch"]),) * 2
     if frames is not None:
         if frames < 1:
             raise UsageError(f"invalid frames {frames}; expected an integer >= 1")
@@ -241,8 +256,25 @@ def _build(
                 f"invalid image size {img_size} for patch {patch}; expected a positive multiple of {patch}"
             )
         config["img_size"] = int(img_size)
+    if tubelet_init is not None:
+        from vattn_cli.zoo.layers import TUBELET_INITS
+
+        if tubelet_init not in TUBELET_INITS:
+            raise UsageError(f"invalid tubelet_init {tubelet_init!r}; expected one of {', '.join(TUBELET_INITS)}")
+        config["tubelet_init"] = tubelet_init
+    if tubelet is not None and int(tubelet) != file_tubelet:
+        if file_tubelet != 1:
+            raise UsageError(f"checkpoint {source} has tubelet {file_tubelet}; "
+                             f"only a per-frame (tubelet 1) patch embedding can be inflated to tubelet {tubelet}")
+        config["tubelet"] = int(tubelet)
+    tubelet = int(config.get("tubelet", file_tubelet))
+    if int(config["frames"]) % tubelet:
+        raise UsageError(f"invalid --frames {config['frames']} for --tubelet {tubelet}; expected a multiple of {tubelet}")
+    if frames is not None and int(frames) % tubelet:
+        raise UsageError(f"invalid --frames {frames} for --tubelet {tubelet}; expected a multiple of {tubelet}")
     side = config["img_size"] // config["patch"]
-    resize_embeddings_(state, config["frames"], (side, side))  # no-op at the file's own setting
+    joint = source_grid if config.get("pos_embed") == "joint" else None
+    resize_embeddings_(state, config["frames"] // tubelet, (side, side), joint_source=joint)  # no-op at the file's own setting
 
     model = create_model_from_config(config)
     try:
@@ -467,8 +499,14 @@ def load_checkpoint(
     num_classes: int | None = None,
     num_heads: int | None = None,
     map_location: Any = "cpu",
+    tubelet: int | None = None,
+    tubelet_init: str | None = None,
 ):
     """A :class:`~vattn_cli.zoo.backbone.VideoTransformer` (in eval mode) from a checkpoint.
+
+    ``tubelet`` > 1 on a per-frame checkpoint (ours, official, HF) builds a tubelet model whose 3D
+    patch kernel is the file's 2D one inflated by ``tubelet_init`` (``central``: ViViT's central
+    frame; ``repeat``: I3D's inflation), with the time embedding resized to frames / tubelet.
 
     ``path``: a vattn checkpoint, an official TimeSformer ``.pyth`` (or a bare official state
     dict), or a Hugging Face TimeSformer folder. Scheme, width, depth, frames, size and classes
@@ -478,7 +516,8 @@ def load_checkpoint(
     files whose width is not a multiple of 64. The model is moved to ``map_location``.
     """
     path = Path(path)
-    overrides = {"frames": frames, "img_size": img_size, "num_classes": num_classes, "map_location": map_location}
+    overrides = {"frames": frames, "img_size": img_size, "num_classes": num_classes, "map_location": map_location,
+                 "tubelet": tubelet, "tubelet_init": tubelet_init}
     if checkpoint_kind(path) == "hf":
         folder = path if path.is_dir() else path.parent
         if not (folder / "config.json").is_file():
@@ -529,6 +568,9 @@ def export_pyth(model: torch.nn.Module, path: PathLike, *, with_cfg: bool = True
             f"scheme {config.scheme!r} with pos_embed {config.pos_embed!r} has no official TimeSformer layout; "
             "accepted: " + ", ".join(official) + " with space-time position embeddings"
         )
+    if getattr(config, "tubelet", 1) != 1:
+        raise UsageError(f"tubelet {config.tubelet} has no official TimeSformer layout (per-frame patches only); "
+                         "accepted: tubelet 1")
     ckpt: dict[str, Any] = {"epoch": 0, "model_state": {f"model.{k}": v for k, v in net.state_dict().items()}}
     if with_cfg:
         ckpt["cfg"] = yaml.safe_dump({

@@ -21,13 +21,14 @@ def count_params(name: str, **kwargs) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _scheme_row(name: str, size: str, frames: int, img_size: int, patch: int) -> dict:
+def _scheme_row(name: str, size: str, frames: int, img_size: int, patch: int, tubelet: int = 1) -> dict:
     entry = scheme_entry(name)
+    extra = {"tubelet": tubelet} if tubelet != 1 else {}
     return {
         "kind": "scheme", "name": name, "scheme": name, "size": size, "frames": frames,
-        "img_size": img_size, "patch": patch,
-        "tokens": token_count(name, frames, img_size, patch),
-        "params_m": count_params(name, size=size, frames=frames, img_size=img_size, patch=patch) / 1e6,
+        "img_size": img_size, "patch": patch, **extra,
+        "tokens": token_count(name, frames, img_size, patch, tubelet),
+        "params_m": count_params(name, size=size, frames=frames, img_size=img_size, patch=patch, **extra) / 1e6,
         "source": entry.source,
         "options": ", ".join(f"{k}={v}" for k, v in entry.options.items()),
         "description": entry.cls.description,
@@ -35,9 +36,13 @@ def _scheme_row(name: str, size: str, frames: int, img_size: int, patch: int) ->
 
 
 def zoo_frame(
-    size: str = "base", frames: int = 8, img_size: int = 224, patch: int = 16, schemes: list[str] | None = None
+    size: str = "base", frames: int = 8, img_size: int = 224, patch: int = 16, schemes: list[str] | None = None,
+    tubelet: int = 1,
 ) -> pd.DataFrame:
     """One row per scheme, size and preset, with parameters at the given setting.
+
+    ``tubelet`` > 1 counts the schemes with a tubelet (3D) patch embedding and adds a
+    ``tubelet`` column to their rows (sizes and presets stay per-frame).
 
     With ``schemes`` (names or import paths), only those schemes, and any of them that cannot
     be loaded is a usage error. Without, every scheme is listed, sizes and presets too, and an
@@ -47,7 +52,7 @@ def zoo_frame(
     rows = []
     for name in schemes or list_schemes():
         try:
-            rows.append(_scheme_row(name, size, frames, img_size, patch))
+            rows.append(_scheme_row(name, size, frames, img_size, patch, tubelet))
         except UsageError as exc:
             if schemes:
                 raise

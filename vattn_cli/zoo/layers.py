@@ -113,16 +113,91 @@ def interpolate_space(embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     return rearrange(grid, "1 d p q -> 1 (p q) d")
 
 
-def resize_embeddings_(state: dict[str, Tensor], frames: int, grid_hw: tuple[int, int]) -> None:
+def interpolate_joint(embed: Tensor, source: tuple[int, int, int], grid: tuple[int, int, int]) -> Tensor:
+    """Resize a joint ``[1, t*h*w, D]`` space-time embedding laid out on ``source`` = (t, h, w)
+    to ``grid`` (nearest over t, h and w, like the spatial and temporal tables)."""
+    source, grid = tuple(int(v) for v in source), tuple(int(v) for v in grid)
+    n = int(embed.shape[1])
+    if n != source[0] * source[1] * source[2]:
+        raise ValueError(f"joint position embedding of {n} tokens does not fit its grid {source}")
+    if source == grid:
+        return embed
+    table = rearrange(embed, "1 (t h w) d -> 1 d t h w", t=source[0], h=source[1], w=source[2])
+    table = F.interpolate(table, size=grid, mode="nearest")
+    return rearrange(table, "1 d t h w -> 1 (t h w) d")
+
+
+def sincos_table(n_position: int, dim: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """The fixed sine-cosine table ``[1, n_position, dim]`` of VideoMAE (and "Attention is all you
+    need"): ``angle[p, j] = p / 10000 ** (2 * (j // 2) / dim)``, sine at even ``j``, cosine at odd
+    ``j``; the same formula as ``transformers``' ``get_sinusoid_encoding_table``, in float64 then cast."""
+    pos = torch.arange(int(n_position), dtype=torch.float64, device=device).unsqueeze(1)
+    j = torch.arange(int(dim), device=device)
+    angle = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64, device=device),
+                            (2 * torch.div(j, 2, rounding_mode="floor")).to(torch.float64) / dim)
+    table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(dtype).unsqueeze(0)
+
+
+#: How a 2D patch embedding ``[D, C, p, p]`` becomes a 3D (tubelet) one ``[D, C, t, p, p]``.
+TUBELET_INITS = ("central", "repeat")
+
+
+def inflate_patch_weight(weight: Tensor, tubelet: int, rule: str = "central") -> Tensor:
+    """Inflate a 2D patch-embedding kernel ``[D, C, p, p]`` to a 3D one ``[D, C, tubelet, p, p]``.
+
+    ``central`` (ViViT's "central frame initialisation"): the 2D kernel on the central temporal
+    slice (index ``tubelet // 2``), zeros on the others, so a fresh tubelet model first sees one
+    frame of each tubelet exactly as the image model did. ``repeat`` (I3D's "filter inflation"):
+    the 2D kernel divided by ``tubelet`` on every slice, so a clip of identical frames embeds
+    exactly as the image did. The bias is unchanged under both rules.
+    """
+    if rule not in TUBELET_INITS:
+        raise ValueError(f"tubelet_init must be one of {TUBELET_INITS}, got {rule!r}")
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 2D patch-embedding kernel [D, C, p, p], got shape {tuple(weight.shape)}")
+    if rule == "repeat":
+        return weight.unsqueeze(2).repeat(1, 1, tubelet, 1, 1) / tubelet
+    out = weight.new_zeros((weight.shape[0], weight.shape[1], tubelet, *weight.shape[2:]))
+    out[:, :, tubelet // 2] = weight
+    return out
+
+
+def inflate_patch_embed_(state: dict[str, Tensor], tubelet: int, rule: str = "central",
+                         prefix: str = "patch_embed.proj.") -> None:
+    """Turn a per-frame (2D) patch embedding in ``state`` into a tubelet (3D) one, in place
+    (:func:`inflate_patch_weight`); a 3D kernel, or ``tubelet == 1``, is left as it is."""
+    key = prefix + "weight"
+    if tubelet > 1 and key in state and state[key].ndim == 4:
+        state[key] = inflate_patch_weight(state[key], tubelet, rule)
+
+
+def resize_embeddings_(
+    state: dict[str, Tensor],
+    frames: int,
+    grid_hw: tuple[int, int],
+    *,
+    joint_source: tuple[int, int, int] | None = None,
+) -> None:
     """Resize ``pos_embed``/``time_embed`` entries of a state dict in place to a new setting.
 
-    ``pos_embed`` keeps its CLS slot (first token) when it has one (``1 + P*P`` tokens).
+    ``frames`` is the number of temporal tokens (frames / tubelet). ``pos_embed`` keeps its CLS
+    slot (first token) when it has one (``1 + P*P`` tokens). A joint space-time table
+    (``pos_embed="joint"``) is named by ``joint_source``, the (t, h, w) grid it was learned on:
+    it is resized over (t, h, w) to ``(frames, *grid_hw)``, keeping its CLS slot (a table of
+    ``1 + t*h*w`` tokens).
     """
     if "time_embed" in state:
         state["time_embed"] = interpolate_time(state["time_embed"], frames)
     if "pos_embed" in state:
         pos = state["pos_embed"]
         n = pos.shape[1]
+        if joint_source is not None:
+            has_cls = n == 1 + joint_source[0] * joint_source[1] * joint_source[2]
+            cls, patches = (pos[:, :1], pos[:, 1:]) if has_cls else (pos[:, :0], pos)
+            resized = interpolate_joint(patches, joint_source, (frames, *grid_hw))
+            state["pos_embed"] = torch.cat([cls, resized], dim=1)
+            return
         has_cls = int(round(n**0.5)) ** 2 != n
         cls, patches = (pos[:, :1], pos[:, 1:]) if has_cls else (pos[:, :0], pos)
         state["pos_embed"] = torch.cat([cls, interpolate_space(patches, grid_hw)], dim=1)

@@ -55,13 +55,16 @@ def create_model(
     the size's architecture (``dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``qkv_bias``,
     ``norm_eps``), set training options (``drop_rate``, ``attn_drop_rate``,
     ``drop_path_rate``), the position embeddings (``pos_embed``: ``space-time``, ``space``,
-    ``none``), or pass the scheme's own options (see ``vattn zoo``).
+    ``none``, ``joint``, ``sincos``), the tubelet embedding (``tubelet``: frames per patch, a 3D
+    convolution when > 1; ``tubelet_init``: ``central`` or ``repeat``, how 2D patch weights loaded
+    into it are inflated), or pass the scheme's own options (see ``vattn zoo``).
     """
     if name in PRESETS:
         setting = resolve_model(name, None, size, frames, img_size, patch, num_classes)
     else:
         setting = resolve_model(None, name, size, frames, img_size, patch, num_classes)
-    validate_setting(setting["scheme"], setting["size"], setting["frames"], setting["img_size"], setting["patch"])
+    validate_setting(setting["scheme"], setting["size"], setting["frames"], setting["img_size"], setting["patch"],
+                     kwargs.get("tubelet", 1))
     arch = asdict(SIZES[setting["size"]])
     fields = set(VideoTransformerConfig.__dataclass_fields__)
     options = dict(kwargs.pop("scheme_options", None) or {})
@@ -114,7 +117,7 @@ def create_model_from_config(config: dict[str, Any]):
     return build_model(VideoTransformerConfig(**config))
 
 
-def token_count(scheme: str, frames: int, img_size: int, patch: int) -> int:
-    """Tokens a clip becomes: ``frames * (img_size/patch)^2``, +1 where the scheme has a CLS token."""
+def token_count(scheme: str, frames: int, img_size: int, patch: int, tubelet: int = 1) -> int:
+    """Tokens a clip becomes: ``(frames/tubelet) * (img_size/patch)^2``, +1 where the scheme has a CLS token."""
     cls_mode = get_scheme(scheme).cls_token
-    return frames * (img_size // patch) ** 2 + (0 if cls_mode == "none" else 1)
+    return (frames // tubelet) * (img_size // patch) ** 2 + (0 if cls_mode == "none" else 1)
