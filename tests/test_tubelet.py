@@ -351,3 +351,26 @@ def test_tokens_resume_treats_tubelets_apart_and_reads_old_files(tmp_path) -> No
     assert again.frame["tubelet"].tolist() == [1]
     with pytest.raises(UsageError, match="before the tubelet column"):
         study.run(plan2, old, ["params"], options, resume=True, isolate=False)
+
+
+def test_train_init_of_a_per_frame_checkpoint_into_a_tubelet_model(tmp_path) -> None:
+    from vattn_cli.engine.config import TUBELET_INITS, TrainConfig
+    from vattn_cli.engine.train import _init_model
+    from vattn_cli.zoo import layers
+
+    assert TUBELET_INITS == layers.TUBELET_INITS  # the torch-free copy the CLI checks against
+    model = create_model("divided", frames=4, **TINY)
+    path = tmp_path / "m.pt"
+    torch.save({"model": model.state_dict(), "config": model.config.to_dict()}, path)
+    config = TrainConfig(out_dir=str(tmp_path / "run"), init=str(path), frames=4, tubelet=2, tubelet_init="repeat")
+    config.validate()
+    got = _init_model(config)
+    assert got.config.tubelet == 2 and got.patch_embed.proj.weight.shape == (128, 3, 2, 8, 8)
+    assert torch.allclose(got.patch_embed.proj.weight[:, :, 1], model.patch_embed.proj.weight / 2)
+    central = _init_model(TrainConfig(out_dir=str(tmp_path / "run2"), init=str(path), frames=4, tubelet=2))
+    assert torch.equal(central.patch_embed.proj.weight[:, :, 1], model.patch_embed.proj.weight)
+    assert not central.patch_embed.proj.weight[:, :, 0].any()
+    with pytest.raises(UsageError, match="--tubelet-init"):
+        TrainConfig(out_dir="x", tubelet=2, tubelet_init="middle").validate()
+    with pytest.raises(UsageError, match="invalid --frames 5 for --tubelet 2"):
+        TrainConfig(out_dir="x", frames=5, tubelet=2).validate()

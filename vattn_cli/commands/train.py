@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vattn_cli.commands._options import given, one_choice
-from vattn_cli.engine.config import DEFAULT_LR, DEFAULT_MODEL, NO_VAL, OPTIMIZERS, TrainConfig
+from vattn_cli.engine.config import DEFAULT_LR, DEFAULT_MODEL, NO_VAL, OPTIMIZERS, TUBELET_INITS, TrainConfig
 from vattn_cli.errors import UsageError
 from vattn_cli.measure.setting import DTYPES
 from vattn_cli.report.tables import emit
@@ -53,8 +53,11 @@ def train(
                                         f"(default: the preset's, else {DEFAULTS['img_size']})."),
     patch: int = typer.Option(None, help=f"Patch size in pixels (default: the preset's, else {DEFAULTS['patch']})."),
     tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding when "
-                                "> 1; --init of a per-frame checkpoint puts its 2D patch weights on the central frame of "
-                                "each tubelet (ViViT's initialisation) (default: 1, or the --init checkpoint's)."),
+                                "> 1 (default: 1, or the --init checkpoint's)."),
+    tubelet_init: str = typer.Option(None, "--tubelet-init", help=f"{' or '.join(TUBELET_INITS)}: how --init's "
+                                     "per-frame (2D) patch weights fill the 3D kernel: on the central frame of each "
+                                     "tubelet, zeros elsewhere (ViViT's), or divided by the tubelet on every frame "
+                                     "(I3D's inflation) (default: central)."),
     epochs: int = typer.Option(None, help=f"Epochs (default: {TrainConfig.epochs})."),
     batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it) "
                                          f"(default: {TrainConfig.batch})."),
@@ -107,7 +110,7 @@ def train(
     values = given(
         scheme=scheme, data=data, val=val, root=root,
         model=one_choice("--model", model, list_models()) if model is not None else None,
-        frames=frames, size=size, patch=patch, tubelet=tubelet, epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay,
+        frames=frames, size=size, patch=patch, tubelet=tubelet, tubelet_init=tubelet_init, epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, optimizer=optimizer, dtype=dtype,
         workers=workers, init=init, scratch_init=scratch_init, save_every=save_every, val_views=val_views, seed=seed,
         train_scale=_scale(train_scale) if train_scale is not None else None,

@@ -17,6 +17,9 @@ from vattn_cli.measure.setting import DTYPES
 from vattn_cli.runtime import DEFAULT_DEVICE, DEFAULT_SEED
 
 OPTIMIZERS = ("adamw", "sgd")
+#: How 2D patch weights inflate into a tubelet's 3D kernel (:func:`vattn_cli.zoo.layers.inflate_patch_weight`;
+#: the same names, kept here torch-free for the CLI).
+TUBELET_INITS = ("central", "repeat")
 #: Learning rates used when ``--lr`` is not given. AdamW: what trains the tiny model from scratch on
 #: the built-in tasks (1e-3 stalls there at chance); SGD: the TimeSformer paper's (fine-tuning).
 DEFAULT_LR = {"adamw": 5e-4, "sgd": 5e-3}
@@ -77,6 +80,7 @@ class TrainConfig:
     size: int | None = None
     patch: int | None = None
     tubelet: int | None = None  # frames per patch (3D patch embedding when > 1); None: 1, or the --init file's
+    tubelet_init: str | None = None  # how --init's 2D patch weights inflate: central (None) or repeat
     model_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch: int = 8
@@ -137,6 +141,8 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
         parse_views(self.val_views)
+        if self.tubelet_init is not None and self.tubelet_init not in TUBELET_INITS:
+            raise one_of("--tubelet-init", self.tubelet_init, list(TUBELET_INITS))
         if self.tubelet is not None:
             from vattn_cli.zoo.catalog import check_tubelet
 

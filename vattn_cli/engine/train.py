@@ -159,13 +159,18 @@ def _check_same_run(config: TrainConfig, saved: dict[str, Any], path: Path) -> N
                              f"({saved.get(key)!r}); use the same settings to resume, or a new --out")
 
 
+def given_options(**values: Any) -> dict[str, Any]:
+    """The backbone options a run sets (not None), for ``create_model``."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     from vattn_cli.zoo.registry import create_model, resolve_model
 
     setting = resolve_model(config.model or DEFAULT_MODEL, config.scheme, None, config.frames, config.size, config.patch, num_classes)
     return create_model(setting["scheme"], size=setting["size"], frames=setting["frames"],
                         img_size=setting["img_size"], patch=setting["patch"], num_classes=num_classes,
-                        **({"tubelet": config.tubelet} if config.tubelet is not None else {}), **config.model_options)
+                        **given_options(tubelet=config.tubelet, tubelet_init=config.tubelet_init), **config.model_options)
 
 
 def _init_model(config: TrainConfig) -> nn.Module:
@@ -173,7 +178,7 @@ def _init_model(config: TrainConfig) -> nn.Module:
     from vattn_cli.zoo.registry import PRESETS, SIZES
 
     model = load_checkpoint(config.init, frames=config.frames, img_size=config.size, tubelet=config.tubelet,
-                            tubelet_init=config.model_options.get("tubelet_init"))
+                            tubelet_init=config.tubelet_init or config.model_options.get("tubelet_init"))
     got = model.config
     if config.scheme and config.scheme != got.scheme:
         raise UsageError(f"--scheme {config.scheme!r} does not match --init {config.init} (scheme {got.scheme!r})")
