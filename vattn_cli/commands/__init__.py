@@ -7,6 +7,7 @@ from collections.abc import Callable
 import typer
 
 from vattn_cli.commands import ablate as _ablate
+from vattn_cli.commands import compare as _compare
 from vattn_cli.commands import data as _data
 from vattn_cli.commands import eval as _eval
 from vattn_cli.commands import profile as _profile
@@ -20,4 +21,5 @@ COMMANDS: list[Callable[[typer.Typer], None]] = [
     _train.register,
     _eval.register,
     _data.register,
+    _compare.register,
 ]
