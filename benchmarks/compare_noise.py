@@ -16,9 +16,10 @@ speed hits both sides alike; ``--pairs`` times over. Then, per pair:
 
 Run:  python benchmarks/compare_noise.py [--pairs 10] [--rounds 3] [--out runs/compare_noise] [--reuse]
       [-- profile flags, default: --threads 1 --no-isolate --measure params,flops,latency]
-``--reuse`` analyses the CSVs already in ``--out`` without profiling again. About 10 s per profile
-command on a loaded 2-core machine (the default flags skip the worker processes, so memory is
-not measured: pass --measure all without --no-isolate to include it).
+``--reuse`` analyses the CSVs already in ``--out`` without profiling again (``--fail-on`` and
+``--factors`` re-judge them under other rules). About 20 s per profile command, 20 minutes for
+10 pairs x 3 rounds, on a loaded 2-core machine; the default flags skip the worker processes, so
+memory is not measured (pass ``-- --threads 1`` alone to measure it too, at twice the time).
 """
 
 from __future__ import annotations
