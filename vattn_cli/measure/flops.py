@@ -57,6 +57,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from vattn_cli.zoo.backbone import VideoTransformerConfig
+from vattn_cli.zoo.registry import build_model
+from vattn_cli.zoo.scheme import SchemeBlock
+
 #: Counter key for products of two activations (attention's Q.K^T and A.V).
 ATTN = "attn_matmul"
 
@@ -252,8 +256,6 @@ def scheme_flop_handles(model: nn.Module) -> dict[str, Callable[[list, list], An
     A scheme's custom op is opaque to fvcore; its block class says how to count it, and every
     count of a model holding such blocks must use that, or the scheme looks cheaper than it is.
     """
-    from vattn_cli.zoo import SchemeBlock
-
     handles: dict[str, Callable[[list, list], Any]] = {}
     for module in model.modules():
         if isinstance(module, SchemeBlock):
@@ -350,9 +352,6 @@ def count_model_flops(model_or_config: Any, frames: int | None = None, img_size:
     pass traced by fvcore (:func:`count_flops`); ``mode="train"``: forward + backward counted by
     ``FlopCounterMode`` (:func:`count_train_flops`), the twin in training mode.
     """
-    from vattn_cli.zoo.backbone import VideoTransformerConfig
-    from vattn_cli.zoo.registry import build_model
-
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
     config = getattr(model_or_config, "config", model_or_config)

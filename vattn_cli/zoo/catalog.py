@@ -13,6 +13,7 @@ else (a test checks that every file registers its own name).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,8 +89,14 @@ _SCHEMES: dict[str, SchemeEntry] = {}
 
 def builtin_schemes() -> list[str]:
     """Names of the built-in schemes, from the files under ``zoo/schemes/`` (nothing imported)."""
-    found = {p.stem for p in _BUILTIN_DIR.glob("*.py") if not p.stem.startswith("_")}
-    return [n for n in BUILTIN_ORDER if n in found] + sorted(found - set(BUILTIN_ORDER))
+    return list(_scheme_files(_BUILTIN_DIR))
+
+
+@functools.lru_cache(maxsize=4)
+def _scheme_files(folder: Path) -> tuple[str, ...]:
+    """The folder is read once per process: every scheme look-up and setting check asks."""
+    found = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    return tuple([n for n in BUILTIN_ORDER if n in found] + sorted(found - set(BUILTIN_ORDER)))
 
 
 def register_scheme(name: str, *, source: str | None = None):
@@ -131,11 +138,6 @@ def list_schemes() -> list[str]:
     builtins = builtin_schemes()
     registered = [n for n in _SCHEMES if n not in builtins]
     return builtins + registered + external.discover(_taken())
-
-
-def is_known(name: str) -> bool:
-    """Whether ``name`` is a built-in, registered or discovered scheme, without importing it."""
-    return name in _taken() or name in external.discover(_taken())
 
 
 def _load_builtin(name: str) -> SchemeEntry:

@@ -32,12 +32,7 @@ from vattn_cli.zoo.catalog import (  # noqa: F401  (re-exported)
     validate_setting,
 )
 from vattn_cli.zoo.conformance import probe_first_forward
-from vattn_cli.zoo.scheme import own_options
-
-
-def scheme_options(cls: type) -> dict[str, Any]:
-    """A scheme's own keyword options and their defaults (beyond the standard block args)."""
-    return own_options(cls)
+from vattn_cli.zoo.scheme import own_options as scheme_options
 
 
 def create_model(
