@@ -214,10 +214,15 @@ def _suite(name: str, cls: type, s: _Setting) -> Iterator[tuple[str, Callable[[]
     def flops() -> str:
         block = state["block"].eval()
         total, missing = uncounted_work_ops(_AtGrid(block, grid), (state["x"][:1],))
+        stage = getattr(state["model"], "second_stage", None)
+        if stage is not None:  # a second encoder (SchemeBlock.build_second_stage) is counted too
+            stage_total, stage_missing = uncounted_work_ops(_AtGrid(stage.eval(), grid), (state["x"][:1],))
+            missing = {**missing, **stage_missing}
         _expect(not missing, "ops carry work but have no FLOP handle: "
                 + ", ".join(f"{op} x{k}" for op, k in missing.items()) + " (give the scheme flop_handles)")
+        also = f", second stage {stage_total / 1e6:.1f} MFLOPs" if stage is not None else ""
         return (f"{total / 1e6:.1f} MFLOPs per block on {tag} ({total} multiply-adds, counted as vattn profile "
-                "counts), no uncounted op")
+                f"counts){also}, no uncounted op")
 
     yield from (("build", build), ("forward", forward), ("backward", backward), ("dtype", dtype),
                 ("deterministic", deterministic), ("batch", batch), ("resize", resize), ("flops", flops))

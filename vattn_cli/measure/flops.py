@@ -341,6 +341,7 @@ def count_flops(model: nn.Module, inputs: Any, extra_handles: bool = True) -> Fl
 
 
 _BLOCK = re.compile(r"^blocks\.0(?=\.|$)")
+_STAGE_BLOCK = re.compile(r"^second_stage\.blocks\.\d+(?=\.|$)")  # a second stage's blocks, merged
 
 
 def count_model_flops(model_or_config: Any, frames: int | None = None, img_size: int | None = None,
@@ -375,6 +376,9 @@ def count_model_flops(model_or_config: Any, frames: int | None = None, img_size:
         for name, n in counts.items():
             if _BLOCK.match(name):
                 out[_BLOCK.sub("blocks.*", name)] = n * depth
+            elif _STAGE_BLOCK.match(name):  # counted once (the twin has the whole stage), merged
+                key = _STAGE_BLOCK.sub("second_stage.blocks.*", name)
+                out[key] = out.get(key, 0) + n
             else:
                 out[name] = n
         return out
@@ -641,7 +645,11 @@ def count_train_flops(model: nn.Module, inputs: Any) -> FlopCount:
 
 
 def category(module: str) -> str:
-    """Which part of the network a module belongs to: embed, attention, mlp or head."""
+    """Which part of the network a module belongs to: embed, attention, mlp or head (a second
+    stage's blocks, ``second_stage.blocks.*``, as blocks; the rest of it, its inputs' norm and
+    position table, as embed)."""
+    if module.startswith("second_stage.blocks."):
+        module = module[len("second_stage."):]
     if module.startswith("blocks."):
         parts = module.split(".")[2:]  # norm2 is the MLP's pre-norm in PreNormBlock
         return "mlp" if parts[:1] == ["norm2"] or any("mlp" in p for p in parts) else "attention"

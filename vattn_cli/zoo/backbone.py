@@ -166,6 +166,9 @@ class VideoTransformer(nn.Module):
             build_block(block_cls, args.replace(drop_path=rate, index=i), config.scheme_options)
             for i, rate in enumerate(rates)
         )
+        # a scheme that is two encoders (factorised_encoder's temporal one): SchemeBlock.build_second_stage
+        self.second_stage = block_cls.build_second_stage(
+            args.replace(drop_path=config.drop_path_rate), Grid(*self.pos_grid), config.scheme_options)
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
         self._init_weights()
@@ -177,6 +180,8 @@ class VideoTransformer(nn.Module):
         self.apply(init_weights)
         for block in self.blocks:  # e.g. divided's zero temporal projection
             block.reset_parameters()
+        if hasattr(self.second_stage, "reset_parameters"):
+            self.second_stage.reset_parameters()
 
     @property
     def scheme(self) -> str:
@@ -228,12 +233,14 @@ class VideoTransformer(nn.Module):
             x = x.flatten(1, 2)
         return self.pos_drop(x), grid
 
-    def pool(self, x: Tensor, grid: Grid) -> Tensor:
-        """One feature vector per clip: the CLS token, frame-averaged for ``per_frame``."""
-        if self.cls_mode == "per_frame":
+    def pool(self, x: Tensor, grid: Grid, layout: str | None = None) -> Tensor:
+        """One feature vector per clip: the CLS token, frame-averaged for ``per_frame``.
+        ``layout``: the tokens' layout when it is not the scheme's (a second stage's output is ``shared``)."""
+        mode = layout or self.cls_mode
+        if mode == "per_frame":
             x = rearrange(x, "b (t n) d -> b t n d", t=grid.t).mean(1)
             return self.norm(x)[:, 0]
-        if self.cls_mode == "shared":
+        if mode == "shared":
             return self.norm(x)[:, 0]
         return self.norm(x).mean(1)
 
@@ -241,6 +248,8 @@ class VideoTransformer(nn.Module):
         x, grid = self.embed(video)
         for block in self.blocks:
             x = block(x, grid)
+        if self.second_stage is not None:  # its output is in the shared layout (its CLS first)
+            return self.pool(self.second_stage(x, grid), grid, layout="shared")
         return self.pool(x, grid)
 
     def forward(self, video: Tensor) -> Tensor:

@@ -77,10 +77,10 @@ PRESETS: dict[str, Preset] = {
 DEFAULTS = {"size": "base", "frames": 8, "img_size": 224, "patch": 16, "num_classes": 400}
 
 #: Listing order of the built-in schemes: TimeSformer's five in the paper's order, RSA and StructSA,
-#: then Video Swin, MViTv2, Motionformer, X-ViT and ViViT's. A scheme file not named here is listed
-#: after them, alphabetically.
+#: then Video Swin, MViTv2, Motionformer, X-ViT and ViViT's (models 2 and 4, in the paper's order). A
+#: scheme file not named here is listed after them, alphabetically.
 BUILTIN_ORDER = ("space", "joint", "divided", "local_global", "axial", "rsa", "structsa", "window", "pooled", "trajectory", "xvit",
-                 "factorised_dot")
+                 "factorised_encoder", "factorised_dot")
 BUILTIN_PACKAGE = "vattn_cli.zoo.schemes"
 _BUILTIN_DIR = Path(__file__).with_name("schemes")
 

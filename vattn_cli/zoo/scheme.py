@@ -181,6 +181,7 @@ class SchemeBlock(nn.Module):
     * ``cls_token``: the token layout (see the module docstring).
     * ``uses_time_embed``: whether the backbone adds a temporal position embedding.
     * ``description``: one line for ``vattn zoo``.
+    * :meth:`build_second_stage` (optional): a second encoder between the blocks and pooling.
     * ``flop_handles`` (optional): ``{"namespace::op": handle}`` fvcore op handles for custom
       ops the scheme calls (``handle(inputs, outputs) -> flops``), so FLOP counts include them.
 
@@ -218,6 +219,28 @@ class SchemeBlock(nn.Module):
 
     def reset_temporal(self) -> None:
         """The first interface's initialisation hook; override :meth:`reset_parameters` instead."""
+
+    @classmethod
+    def build_second_stage(cls, args: BlockArgs, grid: Grid, options: Mapping[str, Any]) -> nn.Module | None:
+        """A second encoder the backbone runs after the last block and before pooling, or ``None``.
+
+        For a scheme that is a stack of stages with different token sets (ViViT's factorised
+        encoder: a spatial encoder per time index, then a temporal encoder over the time
+        indices' CLS tokens). The default is ``None``: the blocks' tokens are pooled directly.
+
+        Called once per model, with the model's standard arguments (``args.drop_path`` is the
+        model's largest stochastic-depth rate, for the stage to spread over its own blocks),
+        the grid the model was built for (to size position tables, which the stage must resize
+        on the fly for other clips, and on load for checkpoints of another setting), and the
+        scheme's options (the ones the blocks get). The module's ``forward(x, grid)`` takes the
+        last block's tokens in the scheme's ``cls_token`` layout and returns ``[B, 1 + n, D]``
+        in the ``shared`` layout (its own CLS token first): the backbone pools that as a
+        ``shared`` scheme's tokens (final ``norm``, the CLS token, the head). It may define
+        ``reset_parameters()``, called after the backbone's initialisation as blocks' are.
+        FLOP counts include it (counted once; only ``blocks`` are scaled by the depth), so its
+        size must come from ``options``, never from ``args.depth``.
+        """
+        return None
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
