@@ -225,4 +225,8 @@ def test_broken_hf_folders(tmp_path) -> None:
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     assert "truncated or corrupt" in one_line_usage_error(lambda: load_checkpoint(folder))
     (folder / "config.json").write_text(json.dumps({"model_type": "videomae"}))
-    assert "not a TimeSformer" in one_line_usage_error(lambda: load_checkpoint(folder))
+    assert "truncated or corrupt" in one_line_usage_error(lambda: load_checkpoint(folder))  # a mapped type now
+    (folder / "config.json").write_text(json.dumps({"model_type": "xclip"}))
+    message = one_line_usage_error(lambda: load_checkpoint(folder))
+    assert "'xclip' model, which vattn cannot map" in message
+    assert "supported model types: timesformer, vivit, videomae" in message

@@ -17,6 +17,18 @@ one checkpoint runs at any number of tokens. ``pos_embed`` picks them:
 * ``sincos``: VideoMAE's fixed sine-cosine table over the patch tokens (not learned, not saved:
   a buffer, computed for each clip's own token count, so nothing is resized; a CLS token gets none).
 
+``pool`` picks how the tokens become one feature vector before the head:
+
+* ``auto`` (default): the scheme's own layout decides: the CLS token after the final ``norm``
+  (frame-averaged first for ``per_frame``), or the mean of the normalised tokens for a scheme
+  without a CLS token;
+* ``mean``: VideoMAE's ``use_mean_pooling`` (Hugging Face's ``VideoMAEForVideoClassification``):
+  no CLS token at all, no final ``norm``; the mean of the last block's tokens goes through
+  ``fc_norm`` (a LayerNorm of eps ``fc_norm_eps``, 1e-5 as HF's) and then the head. Only for a
+  scheme without a CLS token or one that runs without it (``cls_optional``: ``joint``).
+
+``mlp_act`` is the MLP's GELU: ``gelu`` (exact) or ``gelu_tanh`` (HF ViViT's ``gelu_fast``).
+
 Tubelets (``tubelet`` > 1, ViViT's "tubelet embedding"): the patch embedding is a 3D convolution
 with kernel and stride ``(tubelet, patch, patch)``, so the token grid is ``(T / tubelet) x h x w``
 and every scheme runs on it unchanged. ``tubelet`` 1 is the per-frame 2D convolution, bit for bit.
@@ -34,12 +46,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vattn_cli.zoo.layers import (
-    TUBELET_INITS, init_weights, inflate_patch_weight, interpolate_joint, interpolate_space, interpolate_time,
+    MLP_ACTS, TUBELET_INITS, Mlp, init_weights, inflate_patch_weight, interpolate_joint, interpolate_space, interpolate_time,
     sincos_table,
 )
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SchemeBlock, build_block
 
 POS_EMBED_MODES = ("space-time", "space", "none", "joint", "sincos")
+POOL_MODES = ("auto", "mean")
 
 
 @dataclass
@@ -67,6 +80,9 @@ class VideoTransformerConfig:
     scheme_options: dict[str, Any] = field(default_factory=dict)
     tubelet: int = 1  # frames per patch (ViViT's tubelet embedding); 1: per-frame patches
     tubelet_init: str = "central"  # how 2D patch weights inflate into the 3D kernel (see layers)
+    mlp_act: str = "gelu"  # the MLP's GELU: exact, or gelu_tanh (HF ViViT's gelu_fast)
+    pool: str = "auto"  # auto: the scheme's CLS/mean pooling; mean: VideoMAE's mean + fc_norm, no CLS
+    fc_norm_eps: float = 1e-5  # eps of fc_norm (pool="mean" only)
 
     @property
     def time_tokens(self) -> int:
@@ -82,7 +98,7 @@ def block_args(config: VideoTransformerConfig) -> BlockArgs:
     return BlockArgs(
         config.dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
         norm_eps=config.norm_eps, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
-        depth=config.depth,
+        depth=config.depth, mlp_act=config.mlp_act,
     )
 
 
@@ -137,8 +153,16 @@ class VideoTransformer(nn.Module):
             raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, got {config.pos_embed!r}")
         if config.tubelet < 1 or config.frames % config.tubelet:
             raise ValueError(f"frames {config.frames} is not a multiple of the tubelet {config.tubelet}")
+        if config.pool not in POOL_MODES:
+            raise ValueError(f"pool must be one of {POOL_MODES}, got {config.pool!r}")
+        if config.mlp_act not in MLP_ACTS:
+            raise ValueError(f"mlp_act must be one of {MLP_ACTS}, got {config.mlp_act!r}")
+        mean_pool = config.pool == "mean"
+        if mean_pool and block_cls.cls_token != "none" and not getattr(block_cls, "cls_optional", False):
+            raise ValueError(f"pool 'mean' needs a scheme that runs without a CLS token; {config.scheme!r} "
+                             f"has a {block_cls.cls_token} CLS token")
         self.config = config
-        self.cls_mode = block_cls.cls_token
+        self.cls_mode = "none" if mean_pool else block_cls.cls_token
         dim, grid_side = config.dim, config.img_size // config.patch
         self.pos_grid = (config.time_tokens, grid_side, grid_side)  # the grid pos_embed was built for
 
@@ -169,7 +193,13 @@ class VideoTransformer(nn.Module):
         # a scheme that is two encoders (factorised_encoder's temporal one): SchemeBlock.build_second_stage
         self.second_stage = block_cls.build_second_stage(
             args.replace(drop_path=config.drop_path_rate), Grid(*self.pos_grid), config.scheme_options)
-        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        if config.mlp_act != "gelu":  # a first-interface block builds its MLP without the option
+            for module in self.blocks.modules():
+                if isinstance(module, Mlp) and module.act_name != config.mlp_act:
+                    raise ValueError(f"scheme {config.scheme!r} builds its MLP without mlp_act {config.mlp_act!r}")
+        # pool "mean" (VideoMAE): no final norm, fc_norm after the mean instead
+        self.norm = None if mean_pool else nn.LayerNorm(dim, eps=config.norm_eps)
+        self.fc_norm = nn.LayerNorm(dim, eps=config.fc_norm_eps) if mean_pool else None
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
         self._init_weights()
 
@@ -234,9 +264,12 @@ class VideoTransformer(nn.Module):
         return self.pos_drop(x), grid
 
     def pool(self, x: Tensor, grid: Grid, layout: str | None = None) -> Tensor:
-        """One feature vector per clip: the CLS token, frame-averaged for ``per_frame``.
-        ``layout``: the tokens' layout when it is not the scheme's (a second stage's output is ``shared``)."""
+        """One feature vector per clip: the CLS token, frame-averaged for ``per_frame``;
+        with ``pool="mean"``, ``fc_norm`` of the tokens' mean. ``layout``: the tokens' layout
+        when it is not the scheme's (a second stage's output is ``shared``)."""
         mode = layout or self.cls_mode
+        if self.fc_norm is not None:
+            return self.fc_norm(x.mean(1))
         if mode == "per_frame":
             x = rearrange(x, "b (t n) d -> b t n d", t=grid.t).mean(1)
             return self.norm(x)[:, 0]

@@ -13,7 +13,10 @@ are stored as tensors and lists rather than as the numpy/``random`` objects them
   prefix goes; the architecture comes from the tensors, the frame count of ``space`` models
   (which have no time embedding) from the YAML config;
 * Hugging Face ``TimesformerForVideoClassification`` folders (``config.json`` plus
-  ``model.safetensors`` or ``pytorch_model.bin``, sharded or not), renamed to ours.
+  ``model.safetensors`` or ``pytorch_model.bin``, sharded or not), renamed to ours;
+* Hugging Face ``VivitForVideoClassification`` and ``VideoMAEForVideoClassification`` folders
+  (same files), mapped onto ``joint`` with their tubelet, position embeddings, pooling and
+  activation by :mod:`vattn_cli.zoo.hf_video`.
 
 Nothing is ever downloaded.
 """
@@ -35,6 +38,7 @@ from torch import Tensor
 
 from vattn_cli.atomic import atomic_open
 from vattn_cli.errors import UsageError
+from vattn_cli.zoo.hf_video import HF_VIDEO_ARCHS, check_architecture, video_vit_config, video_vit_to_vattn_names
 from vattn_cli.zoo.layers import resize_embeddings_
 from vattn_cli.zoo.registry import SIZES, create_model_from_config
 
@@ -42,6 +46,8 @@ PathLike = str | os.PathLike
 
 #: TimeSformer's attention types (official cfg and HF config) and our scheme names.
 OFFICIAL_SCHEMES = {"divided_space_time": "divided", "space_only": "space", "joint_space_time": "joint"}
+#: The Hugging Face ``model_type`` values :func:`load_checkpoint` maps.
+HF_MODEL_TYPES = ("timesformer", *HF_VIDEO_ARCHS)
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -509,7 +515,8 @@ def load_checkpoint(
     frame; ``repeat``: I3D's inflation), with the time embedding resized to frames / tubelet.
 
     ``path``: a vattn checkpoint, an official TimeSformer ``.pyth`` (or a bare official state
-    dict), or a Hugging Face TimeSformer folder. Scheme, width, depth, frames, size and classes
+    dict), or a Hugging Face TimeSformer, ViViT or VideoMAE folder (``HF_MODEL_TYPES``; the last
+    two load as ``joint``, see :mod:`vattn_cli.zoo.hf_video`). Scheme, width, depth, frames, size and classes
     come from the file. ``frames``/``img_size`` other than the file's resize the position
     embeddings (nearest, as the official code) and the model's config records the new
     setting; another ``num_classes`` gets a fresh head. ``num_heads`` is only for ``.pyth``
@@ -528,10 +535,18 @@ def load_checkpoint(
             cfg = json.loads((folder / "config.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"checkpoint {folder}/config.json is not valid JSON ({exc})") from None
-        if cfg.get("model_type", "timesformer") != "timesformer":
-            raise UsageError(f"checkpoint {folder} is a Hugging Face {cfg.get('model_type')!r} model, not a TimeSformer")
-        state = hf_to_vattn_names(_read_hf_weights(folder), folder)
-        return _build(hf_config(cfg, state, folder), state, folder, **overrides)
+        model_type = cfg.get("model_type", "timesformer")
+        if model_type not in HF_MODEL_TYPES:
+            raise UsageError(f"checkpoint {folder} is a Hugging Face {model_type!r} model, which vattn cannot map; "
+                             "supported model types: " + ", ".join(HF_MODEL_TYPES))
+        if model_type == "timesformer":
+            state = hf_to_vattn_names(_read_hf_weights(folder), folder)
+            return _build(hf_config(cfg, state, folder), state, folder, **overrides)
+        check_architecture(cfg, model_type, folder)
+        state = video_vit_to_vattn_names(_read_hf_weights(folder), model_type, folder)
+        config = video_vit_config(cfg, state, model_type, folder)
+        config["size"] = _size_name(config["dim"], config["depth"], config["num_heads"], config["mlp_ratio"])
+        return _build(config, state, folder, **overrides)
 
     ckpt = read_checkpoint(path)
     if isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict):

@@ -31,13 +31,23 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class Mlp(nn.Module):
-    """Two linear layers with GELU between them (ViT's feed-forward)."""
+#: The MLP activations: ``gelu`` (exact, erf-based: ViT, TimeSformer, VideoMAE) and ``gelu_tanh``
+#: (the tanh approximation, Hugging Face's ``gelu_fast``/``gelu_new``/``gelu_pytorch_tanh``, which
+#: HF's ViViT config uses by default). The two differ by up to ~1e-3 per element, enough to move
+#: logits, so a checkpoint must run with the one it was trained with.
+MLP_ACTS = ("gelu", "gelu_tanh")
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+
+class Mlp(nn.Module):
+    """Two linear layers with GELU between them (ViT's feed-forward); ``act`` is one of :data:`MLP_ACTS`."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, act: str = "gelu") -> None:
         super().__init__()
+        if act not in MLP_ACTS:
+            raise ValueError(f"mlp activation must be one of {MLP_ACTS}, got {act!r}")
+        self.act_name = act
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU() if act == "gelu" else nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 

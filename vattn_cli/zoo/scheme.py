@@ -78,6 +78,7 @@ class BlockArgs:
     drop_path: float = 0.0
     index: int = 0
     depth: int = 1
+    mlp_act: str = "gelu"  # the MLP's GELU variant (layers.MLP_ACTS); after the first interface's eight
 
     @classmethod
     def coerce(cls, args: Any, *more: Any, **named: Any) -> BlockArgs:
@@ -180,6 +181,8 @@ class SchemeBlock(nn.Module):
 
     * ``cls_token``: the token layout (see the module docstring).
     * ``uses_time_embed``: whether the backbone adds a temporal position embedding.
+    * ``cls_optional`` (optional, default ``False``): a ``shared`` scheme whose block runs unchanged
+      without the CLS token, so the backbone's ``pool="mean"`` (VideoMAE, no CLS) may drop it.
     * ``description``: one line for ``vattn zoo``.
     * :meth:`build_second_stage` (optional): a second encoder between the blocks and pooling.
     * ``flop_handles`` (optional): ``{"namespace::op": handle}`` fvcore op handles for custom
@@ -191,6 +194,7 @@ class SchemeBlock(nn.Module):
 
     cls_token: ClassVar[ClsMode] = "shared"
     uses_time_embed: ClassVar[bool] = True
+    cls_optional: ClassVar[bool] = False
     description: ClassVar[str] = ""
     flop_handles: ClassVar[dict[str, Callable[..., Any]]] = {}
 
@@ -257,7 +261,7 @@ class PreNormBlock(SchemeBlock):
         a = self.args
         self.norm1 = nn.LayerNorm(a.dim, eps=a.norm_eps)
         self.norm2 = nn.LayerNorm(a.dim, eps=a.norm_eps)
-        self.mlp = Mlp(a.dim, int(a.dim * a.mlp_ratio), drop=a.drop)
+        self.mlp = Mlp(a.dim, int(a.dim * a.mlp_ratio), drop=a.drop, act=a.mlp_act)
         self.drop_path = DropPath(a.drop_path)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:  # pragma: no cover - interface

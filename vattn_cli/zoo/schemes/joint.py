@@ -15,6 +15,7 @@ from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
 @register_scheme("joint")
 class JointAttention(SoftmaxBlock):
     cls_token = "shared"
+    cls_optional = True  # every token attends to every token: nothing treats index 0 specially
     description = "one attention over all space-time tokens (TimeSformer joint_space_time)"
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
