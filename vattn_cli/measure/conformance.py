@@ -26,6 +26,8 @@ from vattn_cli.zoo.conformance import _one_line, _output_problem, interface_prob
 from vattn_cli.zoo.scheme import Grid
 
 CHECKS = ("interface", "build", "forward", "backward", "dtype", "deterministic", "batch", "resize", "flops")
+#: Run only for a scheme that declares attention steps (:meth:`SchemeBlock.attention_steps`).
+STEP_CHECK = "steps"
 
 # -- FLOPs ------------------------------------------------------------------------------------
 
@@ -224,8 +226,20 @@ def _suite(name: str, cls: type, s: _Setting) -> Iterator[tuple[str, Callable[[]
         return (f"{total / 1e6:.1f} MFLOPs per block on {tag} ({total} multiply-adds, counted as vattn profile "
                 f"counts){also}, no uncounted op")
 
+    def steps() -> str:
+        from vattn_cli.measure.reach import Layout, check_steps
+
+        results = check_steps(state["block"], Layout(grid, cls.cls_token), seed=s.seed)
+        failed = [r for r in results if not r.passed]
+        _expect(not failed, "; ".join(f"step {r.step!r} at query {r.query}: {r.detail}" for r in failed[:2]))
+        names = list(dict.fromkeys(r.step for r in results))
+        return (f"{len(names)} declared step(s) ({', '.join(names)}) attend exactly to their keys at "
+                f"{len({r.query for r in results})} queries on {tag}")
+
     yield from (("build", build), ("forward", forward), ("backward", backward), ("dtype", dtype),
                 ("deterministic", deterministic), ("batch", batch), ("resize", resize), ("flops", flops))
+    if "block" in state and state["block"].attention_steps():  # declared: checked against the code
+        yield STEP_CHECK, steps
 
 
 @contextlib.contextmanager

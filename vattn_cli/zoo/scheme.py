@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
 
 from vattn_cli.zoo.layers import Attention, DropPath, Mlp
+
+if TYPE_CHECKING:  # steps.py imports Grid from here
+    from vattn_cli.zoo.steps import AttentionStep
 
 ClsMode = Literal["shared", "per_frame", "none"]
 
@@ -187,6 +190,9 @@ class SchemeBlock(nn.Module):
     * :meth:`build_second_stage` (optional): a second encoder between the blocks and pooling.
     * ``flop_handles`` (optional): ``{"namespace::op": handle}`` fvcore op handles for custom
       ops the scheme calls (``handle(inputs, outputs) -> flops``), so FLOP counts include them.
+    * :meth:`attention_steps` (optional): the block's attention steps, who attends to whom in
+      each (:class:`~vattn_cli.zoo.steps.AttentionStep`), for ``vattn zoo --show`` and the step
+      checks of ``vattn zoo --check``.
 
     The contract is checked by :mod:`vattn_cli.measure.conformance` (``vattn zoo --check``);
     ``docs/adding-a-scheme.md`` is the guide.
@@ -223,6 +229,17 @@ class SchemeBlock(nn.Module):
 
     def reset_temporal(self) -> None:
         """The first interface's initialisation hook; override :meth:`reset_parameters` instead."""
+
+    def attention_steps(self) -> Sequence[AttentionStep]:
+        """The block's attention steps in order, each with the keys a query patch attends to.
+
+        For ``vattn zoo --show`` (one panel per step) and the step checks (``vattn zoo --check``,
+        :func:`vattn_cli.measure.reach.check_steps`), which test every declaration against the
+        code. A method, not a class attribute, because patterns may depend on the block's options
+        and index (Swin's shifted windows). The default declares none: ``--show`` then draws only
+        the whole-block panel, measured from the code. See :mod:`vattn_cli.zoo.steps`.
+        """
+        return ()
 
     @classmethod
     def build_second_stage(cls, args: BlockArgs, grid: Grid, options: Mapping[str, Any]) -> nn.Module | None:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, same
 
 Axis = Literal["t", "w", "h"]
 
@@ -47,6 +48,13 @@ class AxialAttention(SoftmaxBlock):
         super().__init__(args)
         self.temporal = self.add_branch("temporal")  # temporal_norm1, temporal_attn, temporal_fc
         self.width = self.add_branch("width")  # width_norm1, width_attn, width_fc
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        return (
+            AttentionStep("time", same("hw"), output="temporal_fc"),  # no CLS
+            AttentionStep("width", same("th"), output="width_fc", cls=True),  # its row
+            AttentionStep("height", same("tw"), output="attn.proj", cls=True),  # its column
+        )
 
     def attend_axis(self, axis: Axis, cls: Tensor | None, patches: Tensor, grid: Grid) -> tuple[Tensor | None, Tensor]:
         """One step's attention output on normalised tokens: ``(cls_out, patches_out)``.

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, same
 
 
 @register_scheme("divided")
@@ -28,6 +29,12 @@ class DividedAttention(SoftmaxBlock):
     def __init__(self, args: BlockArgs) -> None:
         super().__init__(args)
         self.temporal = self.add_branch("temporal")  # temporal_norm1, temporal_attn, temporal_fc
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        return (
+            AttentionStep("time", same("hw"), output="temporal_fc"),  # its position in every frame, no CLS
+            AttentionStep("space", same("t"), output="attn.proj", cls=True),  # its frame, with the CLS
+        )
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         t, h, w = grid

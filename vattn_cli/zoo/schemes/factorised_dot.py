@@ -57,6 +57,7 @@ from torch import Tensor
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, same
 
 
 @register_scheme("factorised_dot")
@@ -78,6 +79,13 @@ class FactorisedDotProductAttention(SoftmaxBlock):
 
     def extra_repr(self) -> str:
         return f"temporal_heads=0..{self.temporal_heads - 1}, spatial_heads={self.temporal_heads}..{self.num_heads - 1}"
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        split = self.temporal_heads * (self.dim // self.num_heads)  # proj's input: the temporal heads first
+        return (
+            AttentionStep("time heads", same("hw"), output="attn.proj", channels=(0, split)),
+            AttentionStep("space heads", same("t"), output="attn.proj", channels=(split, self.dim)),
+        )
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         t, s = grid.t, grid.h * grid.w

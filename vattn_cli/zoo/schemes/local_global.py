@@ -46,6 +46,7 @@ from torch import Tensor
 from vattn_cli.zoo.layers import Attention
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, box, coords
 
 
 def local_extent(n: int) -> int:
@@ -132,6 +133,20 @@ def attend_planned(attn: Attention, x: Tensor, plan: _Plan) -> Tensor:
     return attn.proj_drop(attn.proj(out))
 
 
+def local_keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+    """Step 1's keys, as the module docstring says: every frame, the ``kh x kw`` window around the query."""
+    _, qh, qw = query
+    kh, kw = local_extent(grid.h), local_extent(grid.w)
+    h0, w0 = window_starts(grid.h, kh)[qh], window_starts(grid.w, kw)[qw]
+    return box(grid, ((0, grid.t), (h0, h0 + kh), (w0, w0 + kw)))
+
+
+def global_keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+    """Step 2's patch keys: the patches of the query's parity ``(t % 2, h % 2, w % 2)`` (and the CLS)."""
+    t, h, w = coords(grid)
+    return (t % 2 == query[0] % 2) & (h % 2 == query[1] % 2) & (w % 2 == query[2] % 2)
+
+
 @register_scheme("local_global")
 class LocalGlobalAttention(SoftmaxBlock):
     cls_token = "shared"
@@ -140,6 +155,12 @@ class LocalGlobalAttention(SoftmaxBlock):
     def __init__(self, args: BlockArgs) -> None:
         super().__init__(args)
         self.local = self.add_branch("local")  # local_norm1, local_attn, local_fc
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        return (
+            AttentionStep("local", local_keys, output="local_fc"),
+            AttentionStep("global", global_keys, output="attn.proj", cls=True),
+        )
 
     def local_attention(self, x: Tensor, grid: Grid) -> Tensor:
         """Step 1 on normalised patch tokens ``[B, T*H*W, D]`` (no CLS)."""

@@ -128,6 +128,7 @@ from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.steps import AttentionStep, around, covered_grid, with_query
 
 #: The adaptive stride's reference: stride ``REFERENCE_STRIDE`` at ``REFERENCE_SIDE`` rows/columns.
 REFERENCE_SIDE, REFERENCE_STRIDE = 14, 4
@@ -398,6 +399,17 @@ class PooledAttention(PreNormBlock):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.attn.reset_parameters()
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        attn = self.attn
+
+        def keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+            # the tokens some pooled key/value reads, and the query (its own q: the logits, the
+            # positional bias and residual pooling; with pool_q, the window its q is pooled from)
+            keys = with_query(covered_grid(grid, attn.kernel, attn.stride(grid)), query)
+            return keys | around(attn.kernel)(grid, query) if attn.pool_q is not None else keys
+
+        return (AttentionStep("pooled", keys, output="attn.proj", cls=True),)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         return self.attn(x, grid)

@@ -51,6 +51,7 @@ from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.steps import AttentionStep, around
 
 #: L2 normalisation floor (the official layer uses 1e-6).
 NORM_EPS = 1e-6
@@ -142,6 +143,10 @@ class RSABlock(PreNormBlock):
             args.dim, args.num_heads if heads is None else heads, triple("RSA window", window, odd=True),
             qkv_bias=args.qkv_bias, proj_drop=args.drop,
         )
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        # every term sums over the window around the query (clipped at the borders), no softmax
+        return (AttentionStep("window", around(self.attn.window), output="attn.proj"),)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         return self.attn(x, grid)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, same
 
 
 @register_scheme("space")
@@ -20,6 +21,9 @@ class SpaceAttention(SoftmaxBlock):
     cls_token = "per_frame"
     uses_time_embed = False
     description = "attention within each frame only (TimeSformer space_only)"
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        return (AttentionStep("space", same("t"), output="attn.proj", cls=True),)  # its frame and the frame's CLS
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         frames = rearrange(x, "b (t n) d -> (b t) n d", t=grid.t)

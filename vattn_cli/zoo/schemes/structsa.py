@@ -50,6 +50,7 @@ from vattn_cli.zoo.layers import Attention
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.steps import AttentionStep, covered_grid, with_query
 
 SHARE_MODES = ("head", "channel")
 
@@ -132,6 +133,15 @@ class StructSABlock(PreNormBlock):
             kv_stride=triple("StructSA kv_stride", kv_stride, spatial_int=True), share=share,
             qkv_bias=args.qkv_bias, attn_drop=args.attn_drop, proj_drop=args.drop,
         )
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        attn = self.attn
+
+        def keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+            # one softmax over every structured token; each reads the window around its (strided) position
+            return with_query(covered_grid(grid, attn.window, attn.kv_stride), query)
+
+        return (AttentionStep("structured", keys, output="attn.proj"),)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         return self.attn(x, grid)

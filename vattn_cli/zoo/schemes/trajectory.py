@@ -81,6 +81,7 @@ from torch import Tensor, nn
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
+from vattn_cli.zoo.steps import AttentionStep, everywhere
 
 MIB = 1 << 20
 
@@ -170,6 +171,11 @@ class TrajectoryBlock(PreNormBlock):
         a = self.args
         self.attn = TrajectoryAttention(a.dim, a.num_heads, qkv_bias=a.qkv_bias, attn_drop=a.attn_drop,
                                         proj_drop=a.drop, chunk_mb=chunk_mb)
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        # spatial attention in every frame, then along the trajectory of those outputs: one
+        # step as far as tokens go (every patch), and the CLS is no key of a patch
+        return (AttentionStep("trajectory", everywhere, output="attn.proj"),)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         return self.attn(x, grid)

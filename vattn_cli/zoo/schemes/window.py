@@ -92,6 +92,7 @@ from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
 from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.steps import AttentionStep, coords
 
 #: Plans are built on the CPU whatever the default device is (``torch.device("meta")`` when
 #: parameters are counted without allocating them), then moved to the clip's device.
@@ -229,6 +230,17 @@ class ShiftedWindowBlock(SoftmaxBlock):
 
     def extra_repr(self) -> str:
         return f"window={self.window}, shift={self.shift}"
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        def keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+            # the module docstring's rule: same window index (c - s) // W on all three axes
+            size, shift = clip_window(grid, self.window, self.shift)
+            mask = torch.ones(*grid, dtype=torch.bool)
+            for c, q, w, s in zip(coords(grid), query, size, shift):
+                mask &= torch.div(c - s, w, rounding_mode="floor") == (q - s) // w
+            return mask
+
+        return (AttentionStep("window", keys, output="attn.proj"),)
 
     def pad_grid(self, x: Tensor, pad: tuple[int, int, int]) -> Tensor:
         """Pad ``[B, T, H, W, C]`` at the end of t, h and w (zeros; the values never matter)."""

@@ -74,6 +74,7 @@ from torch import Tensor
 from vattn_cli.errors import UsageError, one_of
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, coords
 
 SPLIT_MODES = ("channels", "head")
 
@@ -128,6 +129,16 @@ class SpaceTimeMixingAttention(SoftmaxBlock):
 
     def extra_repr(self) -> str:
         return f"mix={self.mix:g}, window={self.window}, split={self.split!r}, fold={self.fold}"
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        reach = self.window if self.fold else 0
+
+        def keys(grid: Grid, query: tuple[int, int, int]) -> Tensor:
+            # one softmax over the query's frame, whose keys/values hold channels of frames t +- window
+            return (coords(grid)[0] - query[0]).abs() <= reach
+
+        return (AttentionStep("frames t-1..t+1" if reach == 1 else f"frames t-{reach}..t+{reach}", keys,
+                              output="attn.proj", cls=True),)
 
     def mix_frames(self, kv: Tensor, frames: int) -> Tensor:
         """Space-time mixing of ``[B, T, ..., width]`` (any axes between T and the channels)."""
