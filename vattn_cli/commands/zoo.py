@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vattn_cli.commands._options import int_list, scheme_list, split_list
+from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.errors import RunError, UsageError, one_of
 from vattn_cli.report.tables import emit
 from vattn_cli.runtime import DEFAULT_DEVICE, DEFAULT_SEED, DEVICES, check_device_name
@@ -28,6 +29,14 @@ def zoo(
     check: str = typer.Option(
         None, "--check", help="Run the conformance suite on these schemes (names, module.path:Class, or all); exit 1 if a check fails."
     ),
+    show: str = typer.Option(
+        None, "--show", help="Draw who attends to whom for these schemes (names, module.path:Class, or all), "
+        "TimeSformer's figure: each attention step's keys per frame, then the whole block's reach measured from "
+        "the code. Prints the counts; --out FILE.png|.svg draws the figure, --csv the counts per step and frame.",
+    ),
+    query: str = typer.Option(None, "--query", help="With --show: the query patch t,h,w on the token grid "
+                              "(default: the centre)."),
+    out: str = typer.Option(None, "--out", help="With --show: write the figure to FILE.png, .svg or .pdf."),
     device: str = typer.Option(None, help=f"Device for --check: {', '.join(DEVICES)} (default: {DEFAULT_DEVICE})."),
     seed: int = typer.Option(None, help=f"Seed for --check's random inputs (default: {DEFAULT_SEED})."),
     csv: str = typer.Option(None, "--csv", help="Write the table as CSV to PATH, or '-' for stdout."),
@@ -43,6 +52,12 @@ def zoo(
 
     Example: PYTHONPATH=examples vattn zoo --check custom_scheme:TemporalShiftAttention
     """
+    if show is not None:
+        _show(show, model, frames, img_size, patch, tubelet, query, out, seed, csv, json_path, quiet)
+        return
+    if query is not None or out is not None:
+        raise UsageError(f"{'--query' if query is not None else '--out'} applies to --show only")
+    check_outputs(files={"--csv": csv, "--json": json_path})
     size = DEFAULTS["size"] if model is None else model
     if size not in SIZES:
         raise one_of("--model", size, list(SIZES))
@@ -95,6 +110,43 @@ def _check(text: str, frames: int | None, img_size: int | None, patch: int, devi
         schemes = sorted({r.scheme for r in failed})
         raise RunError(f"{len(failed)} conformance check(s) failed: "
                        + "; ".join(f"{s}: {', '.join(r.check for r in failed if r.scheme == s)}" for s in schemes))
+
+
+def _show(text: str, model: str | None, frames: int | None, img_size: int | None, patch: int, tubelet: int | None,
+          query: str | None, out: str | None, seed: int | None, csv: str | None, json_path: str | None,
+          quiet: bool) -> None:
+    """``--show``: who attends to whom, measured on one narrow block of each scheme at the full grid."""
+    from vattn_cli.report.attention_map import FORMATS
+
+    if model is not None:
+        raise UsageError("--model/--size does not apply to --show: who attends to whom does not depend on the "
+                         "width (it is measured on a narrow block); the frame size is --img-size")
+    names = scheme_list("--show", text)
+    if out is not None and out.rsplit(".", 1)[-1].lower() not in FORMATS:
+        raise UsageError(f"invalid --out {out!r}; expected a file ending in " + ", ".join(f".{f}" for f in FORMATS))
+    frames = DEFAULTS["frames"] if frames is None else frames
+    img_size = DEFAULTS["img_size"] if img_size is None else img_size
+    patch = DEFAULTS["patch"] if patch is None else patch
+    tubelet = 1 if tubelet is None else tubelet
+    for name in names:
+        validate_setting(name, "tiny", frames, img_size, patch, tubelet)
+    from vattn_cli.measure.reach import attention_maps
+    from vattn_cli.report.attention_map import counts_frame, draw, summary_frame
+    from vattn_cli.report.tables import rich_table, stderr_console, stdout_console, write_frame
+
+    rows = attention_maps(names, frames, img_size, patch, tubelet, query=query, seed=DEFAULT_SEED if seed is None else seed)
+    if out is not None:
+        draw(rows, out)
+    if not quiet:
+        side = img_size // patch
+        console = stderr_console if "-" in (csv, json_path) else stdout_console
+        console.print(rich_table(summary_frame(rows), title=(
+            f"vattn zoo --show ({frames}x{img_size}, patch {patch}, token grid {frames // tubelet}x{side}x{side}, "
+            f"query {rows[0].query})" + (f" -> {out}" if out else " (--out FILE.png draws it)"))))
+    write_frame(counts_frame(rows), csv=csv, json_path=json_path)
+    mismatched = [f"{r.scheme}: {p.name}" for r in rows for p in r.steps if not p.matches]
+    if mismatched:
+        raise RunError("declared steps differ from what the code reads (drawn as measured): " + "; ".join(mismatched))
 
 
 def register(app: typer.Typer) -> None:

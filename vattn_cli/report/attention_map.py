@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMATS = ("png", "svg", "pdf")
 QUERY_COLOUR = "#1f4fd6"
 STEP_COLOURS = ("#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-BLOCK_COLOUR = "#555555"
+BLOCK_COLOUR = "#8c8c8c"
 _EMPTY, _EDGE = (1.0, 1.0, 1.0), (0.82, 0.82, 0.82)
 CELL = 6  # pixels per token: a 1-pixel edge, a 5-pixel fill with a 3-pixel inset for overlaps
 
@@ -110,10 +110,11 @@ def draw(rows: Sequence[MapRow], path: str | Path, title: str | None = None) -> 
     px_per_in = 105.0
     map_w = 2 * frame_px / px_per_in + 0.6
     row_h = max(h * CELL / px_per_in, 0.55) + 0.28
-    fig = Figure(figsize=(map_w + 5.2, row_h * len(rows) + 0.9))
+    label_w = 0.3 + 0.11 * max(len(r.scheme) for r in rows)  # inches for the scheme names
+    fig = Figure(figsize=(map_w + label_w + 3.9, row_h * len(rows) + 0.9))
     top = 1 - 0.55 / fig.get_figheight()
     gs = fig.add_gridspec(len(rows), 3, width_ratios=[frame_px, frame_px, 4.0 * px_per_in], wspace=0.04,
-                          left=1.45 / fig.get_figwidth(), right=0.99, top=top, bottom=0.15 / fig.get_figheight(),
+                          left=label_w / fig.get_figwidth(), right=0.99, top=top, bottom=0.15 / fig.get_figheight(),
                           hspace=0.28)
     for i, row in enumerate(rows):
         layers = [(p.keys, STEP_COLOURS[j % len(STEP_COLOURS)]) for j, p in enumerate(row.steps)]
@@ -127,7 +128,7 @@ def draw(rows: Sequence[MapRow], path: str | Path, title: str | None = None) -> 
                 spine.set_visible(False)
         if not row.steps:
             steps_ax.text(0.5, 0.5, "no steps declared", transform=steps_ax.transAxes, ha="center", va="center",
-                          color="0.45", fontsize=9)
+                          color="0.35", fontsize=9, bbox=dict(facecolor="white", edgecolor="0.8"))
         steps_ax.text(-0.01, 0.5, row.scheme, transform=steps_ax.transAxes, ha="right", va="center",
                       fontsize=11, fontweight="bold")
         if i == 0:

@@ -62,6 +62,7 @@ from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.layers import interpolate_time
 from vattn_cli.zoo.scheme import BlockArgs, Grid, SoftmaxBlock
+from vattn_cli.zoo.steps import AttentionStep, same
 
 #: ViViT-B's L_t (Scenic's ``kinetics400/vivit_base_factorised_encoder.py``).
 DEFAULT_TEMPORAL_DEPTH = 4
@@ -146,6 +147,11 @@ class FactorisedEncoder(SoftmaxBlock):
     def __init__(self, args: BlockArgs, temporal_depth: int = DEFAULT_TEMPORAL_DEPTH) -> None:
         super().__init__(args)
         self.temporal_depth = check_temporal_depth(temporal_depth)
+
+    def attention_steps(self) -> tuple[AttentionStep, ...]:
+        # a block of the spatial encoder; the temporal encoder (the second stage) mixes only the
+        # time indices' CLS tokens, after every block
+        return (AttentionStep("space", same("t"), output="attn.proj", cls=True),)
 
     def attend(self, x: Tensor, grid: Grid) -> Tensor:
         frames = rearrange(x, "b (t n) d -> (b t) n d", t=grid.t)
