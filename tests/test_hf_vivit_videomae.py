@@ -176,12 +176,19 @@ def test_cli_eval_and_init_from_hf_folders(tmp_path: Path, capsys) -> None:
     header, row = out.out.splitlines()[:2]
     values = dict(zip(header.split(","), row.split(",")))
     assert (values["scheme"], values["frames"], values["size"], values["tubelet"]) == ("joint", "6", "48", "2")
+    assert values["tokens"] == str(1 + 27)  # CLS + 3 x 3 x 3
 
     videomae = save(make_hf("videomae"), tmp_path / "videomae", "bin")
     code = run_cli(["train", "--init", str(videomae), "--data", "random:3", "--epochs", "1", "--batch", "4",
                     "--workers", "0", "--lr", "1e-12", "--out", str(tmp_path / "ft"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     tuned = load_checkpoint(tmp_path / "ft" / "last.pt")
+    code = run_cli(["eval", "--ckpt", str(tmp_path / "ft" / "last.pt"), "--data", "random:3", "--views", "1x1",
+                    "--csv", "-"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    header, row = out.out.splitlines()[:2]
+    assert dict(zip(header.split(","), row.split(",")))["tokens"] == "27"  # VideoMAE: no CLS token
     assert (tuned.config.pool, tuned.config.pos_embed, tuned.config.num_classes) == ("mean", "sincos", 3)
     source = load_checkpoint(videomae)
     assert torch.allclose(tuned.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight, atol=1e-8)

@@ -237,9 +237,11 @@ class CheckpointEval:
         from vattn_cli.zoo.registry import token_count
 
         cfg, res = self.model_config, self.result
+        tokens = token_count(cfg["scheme"], res.frames, res.size, cfg["patch"], cfg.get("tubelet", 1),
+                             cfg.get("pool", "auto"))
         base = {
             "scheme": cfg["scheme"], "model": cfg.get("model") or cfg.get("size"), "frames": res.frames,
-            "size": res.size, "patch": cfg["patch"], "tokens": token_count(cfg["scheme"], res.frames, res.size, cfg["patch"], cfg.get("tubelet", 1)),
+            "size": res.size, "patch": cfg["patch"], "tokens": tokens,
             "batch": self.batch, "mode": "infer", "dtype": self.dtype, "device": self.device, "params_m": self.params_m,
             "gflops": res.gflops_per_view, "attn_gflops": res.attn_gflops_per_view, "latency_ms": float("nan"),
             "latency_iqr_ms": float("nan"), "throughput": res.clips_per_s, "peak_mem_mb": self.peak_mem_mb,

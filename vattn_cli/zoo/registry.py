@@ -112,7 +112,8 @@ def create_model_from_config(config: dict[str, Any]):
     return build_model(VideoTransformerConfig(**config))
 
 
-def token_count(scheme: str, frames: int, img_size: int, patch: int, tubelet: int = 1) -> int:
-    """Tokens a clip becomes: ``(frames/tubelet) * (img_size/patch)^2``, +1 where the scheme has a CLS token."""
-    cls_mode = get_scheme(scheme).cls_token
+def token_count(scheme: str, frames: int, img_size: int, patch: int, tubelet: int = 1, pool: str = "auto") -> int:
+    """Tokens a clip becomes: ``(frames/tubelet) * (img_size/patch)^2``, +1 where the scheme has a CLS token
+    (none with ``pool="mean"``, VideoMAE's pooling, which drops it)."""
+    cls_mode = "none" if pool == "mean" else get_scheme(scheme).cls_token
     return (frames // tubelet) * (img_size // patch) ** 2 + (0 if cls_mode == "none" else 1)
