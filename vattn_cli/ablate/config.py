@@ -76,3 +76,4 @@ class StudyConfig:
     root: str | None = None
     measures: tuple[str, ...] = MEASURES
     repeats: int = 3  # latency repeats: cheap, this study's point is accuracy
+    tensorboard: bool = False  # each run also logs to its runs/<dataset>/<run>/tensorboard/, the figure to OUT/tensorboard/

@@ -181,7 +181,7 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
         model=config.model, frames=run.frames, size=run.size, patch=config.patch, model_options=options,
         tubelet=config.tubelet if config.tubelet != 1 else None,
         epochs=config.epochs, batch=config.batch, lr=config.lr, workers=config.workers, seed=run.seed,
-        device=config.device, resume=resume,
+        device=config.device, resume=resume, tensorboard=config.tensorboard,
     )
     started = time.perf_counter()
     result = train(train_config, progress=progress)
@@ -206,6 +206,12 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
         chance_top1=100.0 / ev.num_classes, train_loss=result.final.get("train_loss"), train_s=round(train_s, 2),
         pos_embed=run.pos_embed or "",
     )
+    if config.tensorboard:  # the run's results beside its training curves (its HParams metrics)
+        from vattn_cli.engine import tensorboard_log
+
+        tensorboard_log.log_result(Path(train_config.out_dir) / tensorboard_log.TB_DIR,
+                                   {"eval/top1": ev.top1, "eval/top5": ev.top5, "cost/gflops": ev.gflops_per_view},
+                                   step=result.epochs)
     return row
 
 
@@ -294,6 +300,10 @@ def run(
 
     atomic_write_text(summary, accuracy_plots.summary_markdown(frame, pareto, title, figures,
                                                                label_by="pos_embed" if pos else "scheme"))
+    if config.tensorboard:  # OUT/tensorboard/: the study's figure; each run has its own folder under runs/
+        from vattn_cli.engine import tensorboard_log
+
+        tensorboard_log.log_figures(out / tensorboard_log.TB_DIR, {stem.name: p for p in figures if p.suffix == ".png"})
     return Result(frame, skipped, len(todo), [rowlog.path, summary, *figures], pareto)
 
 

@@ -182,7 +182,8 @@ StudySeed = Annotated[Optional[int], typer.Option(
 
 def _study_config(*, model: str | None, epochs: int | None, batch: int | None, lr: float | None,
                   workers: int | None, device: str | None, clips: str | None, views: str | None,
-                  cache_dir: Path | None, patch: int | None, tubelet: int | None = None) -> StudyConfig:
+                  cache_dir: Path | None, patch: int | None, tubelet: int | None = None,
+                  tensorboard: bool = False) -> StudyConfig:
     """The flags given, over :class:`StudyConfig`'s defaults (checked without torch, but the device)."""
     from vattn_cli.runtime import resolve_device
 
@@ -199,6 +200,11 @@ def _study_config(*, model: str | None, epochs: int | None, batch: int | None, l
         batch=batch, lr=lr, workers=workers, views=views, cache_dir=str(cache_dir) if cache_dir else None,
         clips=tuple(counts) if counts else None, patch=patch, tubelet=tubelet,
     )
+    if tensorboard:
+        from vattn_cli.engine.tensorboard_log import require
+
+        require("--tensorboard")
+        values["tensorboard"] = True
     return StudyConfig(device=resolve_device(device if device is not None else DEFAULT_DEVICE).type, **values)
 
 
@@ -289,6 +295,10 @@ def schemes(
     device: Device = None,
     seed: StudySeed = None,
     quiet: QuietFlag = False,
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard logs: each run's training "
+                                     "curves and config to OUT/runs/<dataset>/<run>/tensorboard/ (its top-1 and GFLOPs "
+                                     "as HParams metrics), the accuracy-vs-GFLOPs figure to OUT/tensorboard/; view all "
+                                     "with tensorboard --logdir OUT (needs: pip install -e \".[tensorboard]\")."),
 ) -> None:
     """Accuracy against compute, every scheme (help: ``_SCHEMES_HELP``, generated from the defaults)."""
     from vattn_cli.ablate import schemes as study
@@ -298,7 +308,7 @@ def schemes(
     _check_tubelet(runs, tubelet)
     config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
                            clips=clips, views=views, cache_dir=cache_dir, patch=patch,
-                           tubelet=tubelet)
+                           tubelet=tubelet, tensorboard=tensorboard)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.CSV_NAME,
                title="Accuracy against compute (vattn ablate schemes)", label="scheme")
 

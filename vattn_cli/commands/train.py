@@ -97,6 +97,10 @@ def train(
     csv: str = typer.Option(None, "--csv", help="Also write the metrics table as CSV to PATH, or '-' for stdout."),
     json_path: str = typer.Option(None, "--json", help="Also write the metrics table as JSON to PATH, or '-' for stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, epoch lines or table."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard logs to OUT/tensorboard/: "
+                                     "loss, lr, val top-1/top-5, clips/s and data-wait share per epoch, the config as "
+                                     "hparams (needs the extra: pip install -e \".[tensorboard]\"); a resumed run "
+                                     "keeps logging."),
 ) -> None:
     """Train a model; writes OUT/last.pt, OUT/best.pt, OUT/metrics.csv and OUT/config.json.
 
@@ -119,6 +123,11 @@ def train(
     values["device"] = check_device_name(device if device is not None else TrainConfig.device)
     if clip_grad is not None:
         values["clip_grad"] = clip_grad or None  # 0 turns clipping off
+    if tensorboard:
+        from vattn_cli.engine.tensorboard_log import require
+
+        require("--tensorboard")
+        values["tensorboard"] = True
     if scheme is not None:
         check_scheme(scheme, label="--scheme")
     resuming = resume and (out / "last.pt").exists()

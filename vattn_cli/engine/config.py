@@ -106,6 +106,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = DEFAULT_SEED
     device: str = DEFAULT_DEVICE
+    tensorboard: bool = False  # also write OUT/tensorboard/ (engine.tensorboard_log); logging only
 
     def __post_init__(self) -> None:
         if self.train_scale is not None:  # a list from JSON and a tuple compare unequal on resume

@@ -46,7 +46,7 @@ METRICS_COLUMNS = ["epoch", "step", "train_loss", "val_top1", "val_top5", "lr", 
                    "data_wait_share"]
 #: Config keys a resumed run may change: they do not affect what is computed.
 RESUME_FREE = frozenset({"out_dir", "resume", "device", "workers", "cache_dir", "root", "val_batch", "init",
-                         "scratch_init"})  # (init and scratch_init act only when a run starts)
+                         "scratch_init", "tensorboard"})  # (init and scratch_init act only when a run starts)
 
 
 def init_from_scratch_(model: nn.Module, std: float) -> None:
@@ -481,13 +481,28 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     _write_config(run)
     run.write_metrics()  # on resume: exactly the saved history, dropping rows of epochs being redone
+    board = _tensorboard(run) if config.tensorboard and info.is_main else None
     while run.epoch < config.epochs:
         run.train_epoch()
         row = run.finish_epoch()
+        if board is not None:
+            board.epoch(row)
         if on_epoch is not None and info.is_main:
             on_epoch(dict(row))
+    if board is not None:
+        board.close()
     D.barrier(info)
     return run.result()
+
+
+def _tensorboard(run: _Run):
+    """``OUT/tensorboard/`` for ``--tensorboard``: hparams, and the history so far rewritten (resume)."""
+    from vattn_cli.engine import tensorboard_log
+
+    tensorboard_log.require()
+    return tensorboard_log.RunLog(run.out / tensorboard_log.TB_DIR,
+                                  tensorboard_log.run_hparams(run.config.to_dict(), run.model.config.to_dict()),
+                                  history=run.history)
 
 
 def _clip_shape(config: TrainConfig, ckpt: dict[str, Any] | None, init_model: nn.Module | None) -> tuple[int, int]:
