@@ -127,7 +127,7 @@ def draw(rows: Sequence[MapRow], path: str | Path, title: str | None = None) -> 
             for spine in ax.spines.values():
                 spine.set_visible(False)
         if not row.steps:
-            steps_ax.text(0.5, 0.5, "no steps declared", transform=steps_ax.transAxes, ha="center", va="center",
+            steps_ax.text(0.01, 0.97, "no steps declared", transform=steps_ax.transAxes, ha="left", va="top",
                           color="0.35", fontsize=9, bbox=dict(facecolor="white", edgecolor="0.8"))
         steps_ax.text(-0.01, 0.5, row.scheme, transform=steps_ax.transAxes, ha="right", va="center",
                       fontsize=11, fontweight="bold")
