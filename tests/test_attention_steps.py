@@ -15,6 +15,7 @@ import io
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,6 +26,9 @@ from vattn_cli.measure.reach import Layout, attention_maps, check_steps, influen
 from vattn_cli.zoo import create_model
 from vattn_cli.zoo.catalog import builtin_schemes, register_scheme, unregister_scheme
 from vattn_cli.zoo.scheme import Grid, SoftmaxBlock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _clips import one_thread  # noqa: E402,F401  (autouse fixture: tiny tensors, busy cores)
 
 FRAMES, SIZE = 4, 96  # a 4 x 6 x 6 token grid at patch 16
 BUILTIN = builtin_schemes()
