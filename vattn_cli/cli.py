@@ -8,7 +8,10 @@ renders its answer. This file only assembles them and turns errors into exit cod
 
 from __future__ import annotations
 
+import functools
+import shlex
 import sys
+from typing import Any
 
 import typer
 
@@ -30,10 +33,12 @@ except ImportError:  # pragma: no cover - click is not installed with newer type
 
 from vattn_cli import __version__
 from vattn_cli.commands import COMMANDS
-from vattn_cli.errors import VattnError
+from vattn_cli.errors import Interrupted, VattnError, article
 
 app = typer.Typer(
     name="vattn",
+    # Plain help (click's formatter): it wraps long values instead of cutting them with "..." at 80 columns.
+    rich_markup_mode=None,
     help="Benchmark and ablate attention schemes for video transformers.\n\n"
     "Example: vattn profile --scheme divided --frames 96",
     no_args_is_help=True,
@@ -63,6 +68,36 @@ for _register in COMMANDS:
     _register(app)
 
 
+def _speaking(callback: Any) -> Any:
+    """``callback`` with Ctrl-C turned into :class:`Interrupted`, which typer lets through.
+
+    typer turns ``KeyboardInterrupt`` into a silent exit 130 before :func:`main` can see it;
+    a command that knows what it finished raises :class:`Interrupted` itself (see
+    ``commands/_outputs.py``), and this catches the rest.
+    """
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted() from exc
+
+    return wrapper
+
+
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    """Every command of ``typer_app`` and its sub-apps speaks on Ctrl-C, and all help is plain."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+            info.callback = _speaking(info.callback)
+    for group in typer_app.registered_groups:
+        group.typer_instance.rich_markup_mode = None
+        _wrap_commands(group.typer_instance)
+
+
+_wrap_commands(app)
+
+
 def _both(name: str) -> tuple[type[BaseException], ...]:
     return tuple({getattr(module, name) for module in _CLICK_MODULES if hasattr(module, name)})
 
@@ -73,8 +108,74 @@ _CLICK_ERROR = _both("ClickException")
 
 
 def _fail(message: str, code: int) -> int:
-    typer.echo(f"vattn: error: {message}", err=True)
+    typer.echo(f"vattn: {message}" if code == 130 else f"vattn: error: {message}", err=True)
     return code
+
+
+_KINDS = {int: "integer", float: "number"}
+
+
+def _given_value(args: list[str], opts: list[str]) -> str | None:
+    """The value the user typed for the option ``opts`` (the last one given), from the command line."""
+    value = None
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(opt + "="):
+                value = arg[len(opt) + 1:]
+    return value
+
+
+def _bad_parameter(exc: Any, args: list[str]) -> str | None:
+    """A typer range/type error as vattn's one line: the flag, the value typed, what is accepted."""
+    param = getattr(exc, "param", None)
+    opts = list(getattr(param, "opts", None) or [])
+    if not opts or type(exc).__name__ != "BadParameter":
+        return None
+    flag = max(opts, key=len)
+    value = _given_value(args, opts)
+    descriptor = getattr(param, "type_descriptor", None)
+    kind = _KINDS.get(getattr(descriptor, "annotation", None))
+    if kind is None or value is None:
+        return None
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if getattr(param, 'min_open', False) else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if getattr(param, 'max_open', False) else '<='} {high:g}")
+    accepted = f"{article(kind)} {kind}" + (f" {' and '.join(bounds)}" if bounds else "")
+    return f"invalid {flag} {value!r}; expected {accepted}"
+
+
+def _no_such_command(exc: Any) -> str | None:
+    """``No such command 'x'.`` with the commands that exist."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if not message.startswith("No such command") or ctx is None or not hasattr(ctx.command, "list_commands"):
+        return None
+    name = message.split("'")[1] if message.count("'") >= 2 else message
+    where = ctx.command_path if ctx.command_path != "vattn" else "vattn"
+    return (f"unknown command {name!r} for {where}; accepted: {', '.join(ctx.command.list_commands(ctx))}")
+
+
+def _click_message(exc: Any, args: list[str]) -> str:
+    message = _bad_parameter(exc, args) or _no_such_command(exc)
+    return message or " ".join(exc.format_message().split())
+
+
+def _interrupted(exc: Interrupted, args: list[str]) -> str:
+    """The Ctrl-C line: what was finished and, where the command can continue, the command that does."""
+    text = "interrupted"
+    if exc.finished:
+        text += f"; {exc.finished}"
+    if exc.resume_flag:
+        again = args if exc.resume_flag in args else [*args, exc.resume_flag]
+        text += f"; continue with: vattn {shlex.join(again)}"
+    elif not exc.finished:
+        text += "; nothing was written (results are written when the command finishes)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,13 +193,19 @@ def main(argv: list[str] | None = None) -> None:
     except _CLICK_ERROR as exc:  # bad flags, bad values: exit 2, one line
         if debug:
             raise
-        message = " ".join(exc.format_message().split())
+        message = _click_message(exc, args)
         code = _fail(message, 2) if message else 2  # no_args_is_help printed help already
     except VattnError as exc:
         if debug:
             raise
         code = _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
+    except Interrupted as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exception(exc)
+        code = _fail(_interrupted(exc, args), 130)
+    except KeyboardInterrupt:  # outside a command (while parsing)
         code = _fail("interrupted", 130)
     except Exception as exc:  # a bug: keep it short unless asked
         if debug:

@@ -21,6 +21,7 @@ from vattn_cli.commands._measure_flags import (
     parse_measure_flags, samples_flag, time_budget_flag,
 )
 from vattn_cli.commands._options import choice_list, default_text, given, int_list, one_choice, scheme_list, split_list
+from vattn_cli.commands._outputs import check_outputs, count_rows, output_lock
 from vattn_cli.engine.config import parse_views
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.measure.setting import DTYPES, MODES, RunOptions, Setting
@@ -117,6 +118,7 @@ def tokens(
         dtype=one_choice("--dtype", dtype, list(DTYPES)) if dtype is not None else None,
     )
     study.plan(names, grid=grid, **choices)  # checks every combination before torch loads
+    check_outputs(folders={"--out": out})
     device_type = flags.start().type
     plan = study.plan(names, grid=grid, device=device_type, **choices)
 
@@ -124,9 +126,11 @@ def tokens(
         if not quiet:
             stderr_console.print(message, highlight=False)
 
-    result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
-                       timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say,
-                       samples=samples)
+    csv_path = out / study.CSV_NAME
+    with output_lock(out, finished=lambda: f"{count_rows(csv_path)} combinations finished in {csv_path}"):
+        result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
+                           timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say,
+                           samples=samples)
     emit(result.frame, quiet=quiet, title=f"vattn ablate tokens ({device_type})",
          columns=["scheme", "frames", "size", "tokens", "gflops", "latency_ms", "peak_mem_mb", "status"])
     _show_exponents(result.exponents, quiet)
@@ -249,8 +253,15 @@ def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: 
             stderr_console.print(message, highlight=False)
 
     say(f"{len(runs)} runs ({config.model}, {config.epochs} epochs each) into {out}")
-    result = study.run(runs, out, config, resume=resume, csv_name=csv_name, title=title,
-                       progress=StudyProgress(enabled=not quiet), log=say)
+    csv_path = out / csv_name
+
+    def finished() -> str:
+        return (f"{count_rows(csv_path)} of {len(runs)} runs finished in {csv_path} "
+                "(a run stopped midway continues from its last.pt)")
+
+    with output_lock(out, finished=finished):
+        result = study.run(runs, out, config, resume=resume, csv_name=csv_name, title=title,
+                           progress=StudyProgress(enabled=not quiet), log=say)
     emit(result.frame, quiet=quiet, title=title,
          columns=["dataset", label, "frames", "size", "params_m", "gflops", "top1", "pair_acc", "latency_ms", "status"])
     for dataset, points in result.pareto.items():
@@ -304,6 +315,7 @@ def schemes(
     from vattn_cli.ablate import schemes as study
 
     names = scheme_list("--schemes", schemes if schemes is not None else default_text(ALL_SCHEMES))
+    check_outputs(folders={"--out": out})
     runs = study.plan(_data(data), names, **_plan_options(val, frames, sizes, seed, seeds))
     _check_tubelet(runs, tubelet)
     config = _study_config(model=model, epochs=epochs, batch=batch, lr=lr, workers=workers, device=device,
@@ -350,6 +362,7 @@ def pos_embed(
     from vattn_cli.ablate import schemes as study
 
     names = scheme_list("--scheme", scheme if scheme is not None else POS_EMBED_SCHEME)
+    check_outputs(folders={"--out": out})
     if len(names) != 1:
         raise UsageError(f"invalid --scheme {scheme!r}; expected one scheme")
     kinds = choice_list("--pos-embeds", pos_embeds, list(POS_EMBED_CHOICES)) if pos_embeds is not None else None

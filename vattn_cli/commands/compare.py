@@ -25,10 +25,9 @@ HISTORY_STEM = "compare_history"
 
 
 def _outputs(csv: str | None, json_path: str | None, markdown: str | None) -> None:
-    to_stdout = [flag for flag, value in (("--csv", csv), ("--json", json_path), ("--markdown", markdown))
-                 if value == "-"]
-    if len(to_stdout) > 1:
-        raise UsageError(f"invalid {' and '.join(to_stdout)} '-': only one output can go to stdout")
+    from vattn_cli.commands._outputs import check_outputs  # one stdout output; paths writable, not folders
+
+    check_outputs(files={"--csv": csv, "--json": json_path, "--markdown": markdown})
 
 
 def _history_stem(out: str | None) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import typer
 
+from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.report.tables import emit, stderr_console
 
 data_app = typer.Typer(
@@ -58,6 +59,7 @@ def synth(
     """
     from vattn_cli.data.synth import SynthConfig, synthesize
 
+    check_outputs(folders={"--out": out}, files={"--csv": csv, "--json": json_path})
     config = SynthConfig(train=train, val=val, frames=frames, size=size, seed=seed, glyphs=glyphs)
     start = time.perf_counter()
     with _progress("writing videos", quiet) as progress:
@@ -88,6 +90,7 @@ def check(
     """
     from vattn_cli.data.check import check_data
 
+    check_outputs(files={"--csv": csv, "--json": json_path})
     with _progress("checking videos", quiet) as progress:
         frame = check_data(data, split=split, root=root, label_file=label_file, full=full,
                            threads=threads, progress=progress)

@@ -7,6 +7,7 @@ import os
 import typer
 
 from vattn_cli.commands._options import given
+from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.engine.config import EVAL_BATCH, EVAL_DTYPE, EVAL_VIEWS, EVAL_WORKERS, parse_views
 from vattn_cli.errors import one_of
 from vattn_cli.measure.setting import DTYPES
@@ -51,6 +52,7 @@ def eval_command(
         raise one_of("--dtype", dtype, list(DTYPES))
     if device is not None:
         check_device_name(device)
+    check_outputs(files={"--csv": csv, "--json": json_path})
     options = given(views=views, frames=frames, size=size, batch=batch, dtype=dtype, workers=workers, device=device,
                     seed=seed)
 

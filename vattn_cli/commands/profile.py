@@ -11,6 +11,7 @@ from vattn_cli.commands._measure_flags import (
     parse_measure_flags, samples_flag, time_budget_flag,
 )
 from vattn_cli.commands._options import choice_list, given, int_list, scheme_list
+from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.measure.setting import DTYPES, MODES, RunOptions, Setting
 from vattn_cli.report.tables import emit, rich_table, stderr_console, stdout_console, write_frame
@@ -110,6 +111,7 @@ def profile(
                                 isolate=isolate)
     dtypes = choice_list("--dtype", dtype, list(DTYPES)) if dtype is not None else None
     peak = _peak_value(peak_tflops)
+    check_outputs(files={"--csv": csv, "--json": json_path})  # before the work, not after it
     if scheme is None and model is None:
         if calibrate:  # `vattn profile --calibrate` alone: show and exit
             import pandas as pd
@@ -125,15 +127,16 @@ def profile(
         raise UsageError("no scheme given; pass --scheme (accepted: " + ", ".join(list_schemes() + ["all"])
                          + ") or a preset --model")
     grid = dict(
-        schemes=scheme_list("--scheme", scheme) if scheme else None,
-        models=choice_list("--model", model, list_models()) if model else None,
-        frames=int_list("--frames", frames) if frames else None,
-        sizes=int_list("--size", size) if size else None,
-        patches=int_list("--patch", patch) if patch else None,
-        tubelets=int_list("--tubelet", tubelet) if tubelet else None,
+        # "is not None": an empty value ('--frames ""') is an error, not the default.
+        schemes=scheme_list("--scheme", scheme) if scheme is not None else None,
+        models=choice_list("--model", model, list_models()) if model is not None else None,
+        frames=int_list("--frames", frames) if frames is not None else None,
+        sizes=int_list("--size", size) if size is not None else None,
+        patches=int_list("--patch", patch) if patch is not None else None,
+        tubelets=int_list("--tubelet", tubelet) if tubelet is not None else None,
         compile=compile_,
-        **given(batches=int_list("--batch", batch) if batch else None,
-                modes=choice_list("--mode", mode, list(MODES)) if mode else None, dtypes=dtypes),
+        **given(batches=int_list("--batch", batch) if batch is not None else None,
+                modes=choice_list("--mode", mode, list(MODES)) if mode is not None else None, dtypes=dtypes),
     )
     m.expand(**grid)  # checks every combination (a size the patch does not divide, ...) before torch loads
     torch_device = flags.start()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from vattn_cli.commands._options import given, one_choice
+from vattn_cli.commands._outputs import check_outputs, count_rows, output_lock
 from vattn_cli.engine.config import DEFAULT_LR, DEFAULT_MODEL, NO_VAL, OPTIMIZERS, TUBELET_INITS, TrainConfig
 from vattn_cli.errors import UsageError
 from vattn_cli.measure.setting import DTYPES
@@ -130,7 +131,14 @@ def train(
         values["tensorboard"] = True
     if scheme is not None:
         check_scheme(scheme, label="--scheme")
+    check_outputs(folders={"--out": out}, files={"--csv": csv, "--json": json_path})
     resuming = resume and (out / "last.pt").exists()
+    if resume and not resuming:
+        where = "the folder does not exist" if not out.exists() else "no last.pt there"
+        if "data" not in values:
+            raise UsageError(f"nothing to resume in {out} ({where}); start a run there without --resume, with --data")
+        if not quiet and int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"nothing to resume in {out} ({where}): starting a new run", err=True)
     if not resuming and "data" not in values:
         raise UsageError("missing --data; give a video list or builtin:motion / builtin:appearance")
     # Bad values fail here, before torch is imported; the engine checks the config again.
@@ -147,9 +155,18 @@ def train(
         if talk:
             typer.echo(_epoch_line(row), err=True)
 
+    def say(line: str) -> None:
+        if talk:
+            typer.echo(line, err=True)
+
+    def finished() -> str:
+        epochs = count_rows(out / "metrics.csv")
+        kept = "; last.pt holds the run" if (out / "last.pt").exists() else "; no checkpoint was written yet"
+        return f"{epochs} of {config.epochs} epochs finished in {out}{kept}"
+
     try:
-        with RichProgress(enabled=talk) as progress:
-            result = run_training(config, on_epoch=on_epoch, progress=progress)
+        with output_lock(out, finished=finished), RichProgress(enabled=talk) as progress:
+            result = run_training(config, on_epoch=on_epoch, progress=progress, log=say)
     finally:
         shutdown_distributed()
     if main_rank:

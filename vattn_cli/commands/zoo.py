@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vattn_cli.commands._options import int_list, scheme_list, split_list
+from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.errors import RunError, UsageError, one_of
 from vattn_cli.report.tables import emit
 from vattn_cli.runtime import DEFAULT_DEVICE, DEFAULT_SEED, DEVICES, check_device_name
@@ -56,6 +57,7 @@ def zoo(
         return
     if query is not None or out is not None:
         raise UsageError(f"{'--query' if query is not None else '--out'} applies to --show only")
+    check_outputs(files={"--csv": csv, "--json": json_path})
     size = DEFAULTS["size"] if model is None else model
     if size not in SIZES:
         raise one_of("--model", size, list(SIZES))

@@ -73,7 +73,9 @@ def open_video(item: VideoItem | Path, threads: int = 1) -> decord.VideoReader:
     if path.stat().st_size == 0:
         raise _fail(item, "empty file")
     try:
-        reader = decord.VideoReader(str(path), num_threads=threads)
+        # decord logs its own C++ line on fd 2 before raising; the error below says it in one line.
+        with quiet_native_stderr():
+            reader = decord.VideoReader(str(path), num_threads=threads)
     except Exception as exc:  # decord raises RuntimeError, DECORDError or AssertionError
         raise _fail(item, f"not a readable video ({_short(exc)})") from None
     if len(reader) < 1:

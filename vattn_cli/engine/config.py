@@ -37,17 +37,17 @@ EVAL_DTYPE = "fp32"
 EVAL_WORKERS = 0
 
 
-def parse_views(text: str | tuple[int, int]) -> tuple[int, int]:
-    """``"2x3"`` -> ``(2, 3)``: temporal clips x spatial crops."""
+def parse_views(text: str | tuple[int, int], flag: str = "--views") -> tuple[int, int]:
+    """``"2x3"`` -> ``(2, 3)``: temporal clips x spatial crops; errors name ``flag``."""
     if isinstance(text, tuple):
         views = text
     else:
         match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
         if not match:
-            raise UsageError(f"invalid --views {text!r}; expected TxS with integers >= 1, e.g. 1x1, 1x3, 2x3")
+            raise UsageError(f"invalid {flag} {text!r}; expected TxS with integers >= 1, e.g. 1x1, 1x3, 2x3")
         views = (int(match.group(1)), int(match.group(2)))
     if min(views) < 1:
-        raise UsageError(f"invalid --views {views[0]}x{views[1]}; expected integers >= 1")
+        raise UsageError(f"invalid {flag} {views[0]}x{views[1]}; expected TxS with integers >= 1, e.g. 1x1, 1x3, 2x3")
     return views
 
 
@@ -141,7 +141,7 @@ class TrainConfig:
             raise UsageError(f"invalid --label-smoothing {self.label_smoothing}; expected 0 <= value < 1")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
-        parse_views(self.val_views)
+        parse_views(self.val_views, flag="--val-views")
         if self.tubelet_init is not None and self.tubelet_init not in TUBELET_INITS:
             raise one_of("--tubelet-init", self.tubelet_init, list(TUBELET_INITS))
         if self.tubelet is not None:

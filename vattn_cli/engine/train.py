@@ -118,15 +118,45 @@ class TrainResult:
 EpochHook = Callable[[dict[str, Any]], None]
 
 
-def read_run_config(out_dir: str | Path) -> TrainConfig | None:
-    """The config of the run saved in ``out_dir/last.pt``, or None when there is none."""
-    last = Path(out_dir) / "last.pt"
+def resume_point(out_dir: str | Path) -> tuple[Path, dict[str, Any], str | None] | None:
+    """The checkpoint a resumed run continues from: ``(path, checkpoint, note)``, or None if there is none.
+
+    ``last.pt`` normally. It is written atomically, so it is only unreadable if something else
+    broke it (a disk error, a copy cut short); then ``best.pt``, when there is one, is the
+    fallback: it holds the complete state at the end of its epoch (it is saved at the same
+    moment as that epoch's ``last.pt``), so the run repeats the epochs after it and, being
+    deterministic, ends where it would have. ``note`` says so. Without a fallback the error
+    says how to start the run again.
+    """
+    out = Path(out_dir)
+    last, best = out / "last.pt", out / "best.pt"
     if not last.exists():
         return None
-    ckpt = read_checkpoint(last)
+    try:
+        return last, read_checkpoint(last), None
+    except UsageError as exc:  # truncated, not a checkpoint, refused by weights_only: unusable either way
+        problem = str(exc)
+    if best.exists():
+        try:
+            ckpt = read_checkpoint(best)
+        except UsageError:
+            ckpt = None
+        if ckpt is not None and (ckpt.get("extra") or {}).get("train_config") is not None:
+            return best, ckpt, (f"{problem}; resuming from {best} instead (end of epoch {ckpt.get('epoch')}, step "
+                                f"{ckpt.get('step')}): the epochs after it are trained again")
+    raise UsageError(f"{problem}; the run keeps no other checkpoint to continue from: start it again with a new "
+                     f"--out (or delete {last} and rerun without --resume)")
+
+
+def read_run_config(out_dir: str | Path) -> TrainConfig | None:
+    """The config of the run saved in ``out_dir`` (see :func:`resume_point`), or None when there is none."""
+    point = resume_point(out_dir)
+    if point is None:
+        return None
+    path, ckpt, _ = point
     saved = (ckpt.get("extra") or {}).get("train_config")
     if saved is None:
-        raise UsageError(f"{last} is not a checkpoint of a vattn training run; use a new --out")
+        raise UsageError(f"{path} is not a checkpoint of a vattn training run; use a new --out")
     return TrainConfig.from_dict(saved)
 
 
@@ -236,7 +266,10 @@ class _Run:
         if ckpt is not None:
             from vattn_cli.zoo.registry import create_model_from_config
 
-            model = create_model_from_config(dict(ckpt["config"]))
+            try:
+                model = create_model_from_config(dict(ckpt["config"]))
+            except UsageError as exc:
+                raise UsageError(f"checkpoint {self.out / 'last.pt'}: {exc}") from None
             model.load_state_dict(ckpt["model"])
         else:
             model = init_model if init_model is not None else _build_model(config, self.train_set.num_classes)
@@ -441,6 +474,7 @@ def train(
     on_epoch: EpochHook | None = None,
     progress: ProgressHook | None = None,
     dist_info: D.DistInfo | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train (or continue, with ``config.resume``) the run in ``config.out_dir``.
 
@@ -449,6 +483,8 @@ def train(
     only describe them). ``on_epoch(row)`` gets each metrics row on rank 0, ``progress`` gets
     :class:`ProgressEvent` ticks on rank 0. Under torchrun every rank calls this; only rank 0
     writes files. Resuming a run that is already complete trains nothing and returns it.
+    ``log(line)`` gets, on rank 0, where a resumed run continues from ("resuming from step N").
+    A new run that fails before its first checkpoint removes the files it wrote.
     """
     config.validate()
     info = dist_info or D.init_distributed(resolve_device(config.device))
@@ -458,11 +494,33 @@ def train(
     if last.exists():
         if not config.resume:
             raise UsageError(f"{out} already holds a run (last.pt); pass --resume to continue it or use a new --out")
-        ckpt = read_checkpoint(last)
+        path, ckpt, note = resume_point(out)
         saved = (ckpt.get("extra") or {}).get("train_config")
         if saved is None:
-            raise UsageError(f"{last} is not a checkpoint of a vattn training run; use a new --out")
-        _check_same_run(config, saved, last)
+            raise UsageError(f"{path} is not a checkpoint of a vattn training run; use a new --out")
+        _check_same_run(config, saved, path)
+        if log is not None and info.is_main:
+            if note:
+                log(note)
+            extra = ckpt.get("extra") or {}
+            log(f"resuming from step {ckpt.get('step')} of {out} (epoch {int(ckpt.get('epoch', 0)) + 1} of "
+                f"{config.epochs}, batch {extra.get('batches_done', 0)} of {extra.get('steps_per_epoch')})"
+                if int(ckpt.get("epoch", 0)) < config.epochs else
+                f"resuming from step {ckpt.get('step')} of {out}: all {config.epochs} epochs are done already")
+    try:
+        return _train(config, info, ckpt, train_data, val_data, on_epoch, progress)
+    except BaseException:
+        if ckpt is None and info.is_main and not last.exists():
+            # A new run that failed (a bad video, Ctrl-C) before its first checkpoint: take back
+            # the files it wrote, so the folder does not look like a started run.
+            for name in ("metrics.csv", "config.json"):
+                (out / name).unlink(missing_ok=True)
+        raise
+
+
+def _train(config: TrainConfig, info: D.DistInfo, ckpt: dict[str, Any] | None, train_data: Any, val_data: Any,
+           on_epoch: EpochHook | None, progress: ProgressHook | None) -> TrainResult:
+    out = Path(config.out_dir)
     seed_everything(config.seed)
     init_model = _init_model(config) if config.init and ckpt is None else None
     common = dict(seed=config.seed, root=config.root, cache_dir=config.cache_dir, data_options=config.data_options,

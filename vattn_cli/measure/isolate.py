@@ -45,11 +45,46 @@ def scheme_modules(scheme: str) -> list[list[str | None]]:
     return [[name, getattr(module, "__file__", None)]]
 
 
+#: Worker folders are ``vattn-worker-<parent pid>-*`` in the temporary directory.
+_FOLDER_PREFIX = "vattn-worker-"
+
+
 def _worker_env() -> dict[str, str]:
+    from vattn_cli.measure.worker import PARENT_ENV
+
     env = dict(os.environ)
+    env[PARENT_ENV] = str(os.getpid())  # the worker checks it still has this parent once its guard is armed
     # Run from a source checkout too (tests, `python -m vattn_cli` in the repo).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_folders(root: str | os.PathLike | None = None) -> int:
+    """Remove worker folders whose parent process is gone; returns how many.
+
+    A parent removes its worker's folder on every exit it lives through (a ``with`` block, so
+    also on errors and Ctrl-C); only a parent killed outright (SIGKILL, the OOM killer) cannot,
+    and the next sweep on the machine clears what it left.
+    """
+    import shutil
+
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*"):
+        pid = folder.name[len(_FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _crash_reason(code: int, stderr: str) -> str:
@@ -80,7 +115,7 @@ def run_isolated(
         "scheme_modules": scheme_modules(setting.scheme),
     }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vattn-worker-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path, err_path = (Path(tmp) / n for n in ("job.json", "result.json", "stderr.txt"))
         job_path.write_text(json.dumps(job), encoding="utf-8")
         with open(err_path, "w", encoding="utf-8") as err:
@@ -94,10 +129,14 @@ def run_isolated(
                 proc.kill()
                 proc.wait()
                 code = None
-            except BaseException:  # Ctrl-C: do not leave the worker running
+            except BaseException:  # Ctrl-C: do not leave the worker running (it ignores SIGINT itself)
                 proc.kill()
                 proc.wait()
                 raise
+            finally:
+                if proc.poll() is None:  # pragma: no cover - every path above waits
+                    proc.kill()
+                    proc.wait()
         if result_path.exists():
             result = json.loads(result_path.read_text(encoding="utf-8"))
             row = result["row"]
@@ -168,6 +207,8 @@ def sweep(
     if max_memory and not isolate:
         raise ValueError("max_memory needs isolate=True: a cap applies to a worker process")
     todo = [s for s in settings if not (skip and skip(s))]
+    if isolate and todo:
+        remove_stale_folders()
     cache = flops_cache if flops_cache is not None else {}
     rows = []
     with _progress(progress, len(todo)) as bar:

@@ -4,9 +4,15 @@
 (:mod:`vattn_cli.measure.isolate`) writes the job and reads the result; a worker that dies
 (segfault, killed) leaves no result, which the parent turns into ``status=error: ...``.
 
-Order matters for the memory cap: torch is imported and its thread pools are started (a small
-forward and backward) *before* the baseline address space is read, so the cap counts what the
-run maps, not what the runtime maps once for good.
+Order matters twice. The die-with-parent guard is armed first, before any heavy import: a
+parent killed while the worker is still importing torch (seconds) would otherwise leave an
+orphan that runs its whole job. And for the memory cap, torch is imported and its thread pools
+are started (a small forward and backward) *before* the baseline address space is read, so the
+cap counts what the run maps, not what the runtime maps once for good.
+
+Ctrl-C is the parent's business: the worker ignores SIGINT (a terminal sends it to the whole
+process group), and the parent stops it and turns the interrupt into its own message, rather
+than recording a row for a setting that was merely interrupted.
 """
 
 from __future__ import annotations
@@ -18,15 +24,14 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-from vattn_cli.measure.flops import FlopCount
-from vattn_cli.measure.memory import cap_address_space, cap_cuda
-from vattn_cli.measure.run import run_setting
-from vattn_cli.measure.setting import RunOptions, Setting
+#: Environment variable through which the parent passes its PID (see :func:`die_with_parent`).
+PARENT_ENV = "VATTN_WORKER_PARENT"
 
 
 def import_scheme_modules(modules: list[list[str | None]]) -> None:
@@ -48,6 +53,8 @@ def import_scheme_modules(modules: list[list[str | None]]) -> None:
 
 def warm_runtime(device: torch.device) -> None:
     """Start the thread pools and kernels' one-time state, outside the measured memory."""
+    import torch
+
     layer = torch.nn.Linear(64, 64).to(device)
     x = torch.randn(8, 16, 64, device=device, requires_grad=True)
     y = torch.nn.functional.scaled_dot_product_attention(layer(x)[None], x[None], x[None])
@@ -55,17 +62,35 @@ def warm_runtime(device: torch.device) -> None:
     (y.sum() + conv(torch.randn(2, 3, 16, 16, device=device)).sum()).backward()
 
 
-def die_with_parent() -> None:
-    """Linux: have the kernel stop this worker if the parent dies (killed, not just Ctrl-C)."""
+def die_with_parent() -> bool:
+    """Linux: have the kernel stop this worker if the parent dies (killed, not just Ctrl-C).
+
+    Returns False if the parent is already gone: it died before the guard was armed (the
+    guard only covers deaths after it), so the worker must not start its job.
+    """
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    parent = os.environ.get(PARENT_ENV)
+    return not (parent and parent.isdigit() and os.getppid() != int(parent))
 
 
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
-    die_with_parent()
+    if not die_with_parent():
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Heavy imports only now that the guard holds.
+    from dataclasses import asdict
+
+    import torch
+
+    from vattn_cli.measure.flops import FlopCount
+    from vattn_cli.measure.memory import cap_address_space, cap_cuda
+    from vattn_cli.measure.run import run_setting
+    from vattn_cli.measure.setting import RunOptions, Setting
+
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     options = RunOptions(**job["options"])
     if options.threads:  # before the runtime warms up, so its pools have this size

@@ -54,19 +54,36 @@ class RowLog:
         is not ``columns`` (another study's file, or another version's).
         """
         rows: list[dict[str, str]] = []
-        if self.path.exists():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._create():  # it was there already (or another process made it first)
             if not resume:
                 raise UsageError(f"{self.path} exists; pass --resume or choose another --out")
             rows = self._recover()
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8", newline="") as fh:
-                fh.write(_line(self.columns))
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(self.path.parent)
+            if self.path.stat().st_size == 0:  # killed before the header was durable
+                with open(self.path, "w", encoding="utf-8", newline="") as fh:
+                    self._write_header(fh)
         self._fh = open(self.path, "a", encoding="utf-8", newline="")
         return rows
+
+    def _write_header(self, fh: io.TextIOBase) -> None:
+        fh.write(_line(self.columns))
+        fh.flush()
+        os.fsync(fh.fileno())
+        _fsync_dir(self.path.parent)
+
+    def _create(self) -> bool:
+        """Create the file with its header, exclusively (``O_EXCL``): False if it already exists.
+
+        Check-then-create would let two runs both see no file and both start it; with ``O_EXCL``
+        exactly one creation succeeds and the other run takes the resume path (or is refused).
+        """
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            self._write_header(fh)
+        return True
 
     def _recover(self) -> list[dict[str, str]]:
         data = self.path.read_bytes()

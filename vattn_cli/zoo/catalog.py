@@ -182,8 +182,8 @@ def scheme_entry(name: str, *, allow_import: bool = True, label: str = "scheme")
         if not allow_import:
             raise UsageError(
                 f"scheme {name!r} is an external scheme that is not loaded, and vattn never imports "
-                f"code because a file names it; if you trust it, name it yourself: --scheme {name} "
-                f"or {external.ENV_VAR}={name}"
+                f"code because a file names it; if you trust it, name it yourself: {external.ENV_VAR}={name} "
+                "before the command (or --scheme with it, on a command that has --scheme)"
             )
         return _register_external(name, external.import_object(name), f"import:{name}")
     raise one_of(label, name, list_schemes() + ["module.path:Class"])

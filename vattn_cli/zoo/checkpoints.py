@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from vattn_cli.atomic import atomic_open
-from vattn_cli.errors import UsageError
+from vattn_cli.errors import UsageError, article
 from vattn_cli.zoo.hf_video import HF_VIDEO_ARCHS, check_architecture, video_vit_config, video_vit_to_vattn_names
 from vattn_cli.zoo.layers import resize_embeddings_
 from vattn_cli.zoo.registry import SIZES, create_model_from_config
@@ -208,7 +208,8 @@ def read_checkpoint(path: PathLike, *, map_location: Any = "cpu") -> dict[str, A
     path = Path(path)
     ckpt = _torch_load(path, map_location)
     if not isinstance(ckpt, dict):
-        raise UsageError(f"checkpoint {path} is not a checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+        raise UsageError(f"checkpoint {path} is not a checkpoint: it holds {article(type(ckpt).__name__)} "
+                         f"{type(ckpt).__name__}, not a dict")
     return ckpt
 
 
@@ -282,7 +283,10 @@ def _build(
     joint = source_grid if config.get("pos_embed") == "joint" else None
     resize_embeddings_(state, config["frames"] // tubelet, (side, side), joint_source=joint)  # no-op at the file's own setting
 
-    model = create_model_from_config(config)
+    try:
+        model = create_model_from_config(config)
+    except UsageError as exc:  # e.g. a scheme this vattn does not know: say which file named it
+        raise UsageError(f"checkpoint {source}: {exc}") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
