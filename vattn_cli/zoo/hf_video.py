@@ -101,7 +101,8 @@ def video_vit_to_vattn_names(state: dict[str, Tensor], model_type: str, source: 
             continue
         m = _LAYER_KEY.fullmatch(name)
         if not m or m.group(2) not in _LAYER:
-            raise UsageError(f"checkpoint {source}: unexpected tensor {key!r} for a Hugging Face {HF_VIDEO_ARCHS[model_type]}")
+            raise UsageError(f"checkpoint {source}: unexpected tensor {key!r} for a Hugging Face "
+                             f"{HF_VIDEO_ARCHS[model_type]}")
         index, ours, kind = int(m.group(1)), _LAYER[m.group(2)], m.group(3)
         if ours in ("q", "k", "v"):
             qkv.setdefault(index, {})[f"{ours}.{kind}"] = value
