@@ -393,8 +393,9 @@ def test_checkpoint_config_never_imports_a_module(on_path, monkeypatch, tmp_path
 @pytest.mark.parametrize("scheme", list_schemes())
 def test_every_registered_scheme_passes_the_check(scheme: str) -> None:
     results = check_scheme(scheme)
+    # every built-in scheme declares its attention steps, so the step check runs too
     assert [r.check for r in results] == ["interface", "build", "forward", "backward", "dtype",
-                                          "deterministic", "batch", "resize", "flops"]
+                                          "deterministic", "batch", "resize", "flops", "steps"]
 
 
 # -- the example through the measuring and training commands ---------------------------------------
