@@ -53,6 +53,12 @@ class StudyProgress:
                 self._current = None
             self._progress.advance(self._overall)
 
+    def finished(self, label: str) -> None:
+        """A run finished elsewhere (a pool slot, a submitit job): advance the overall bar."""
+        if self._progress is not None:
+            self._progress.update(self._overall, info=label)
+            self._progress.advance(self._overall)
+
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()

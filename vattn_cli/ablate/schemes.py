@@ -33,6 +33,9 @@ from vattn_cli.ablate.config import (  # noqa: F401 (re-exported: the torch-free
     BUILTIN_DATA, DEFAULT_CLIPS, DEFAULT_FRAMES, DEFAULT_SEEDS, DEFAULT_SIZES, POS_EMBED_FRAMES, POS_EMBED_SCHEME,
     POS_EMBEDS, StudyConfig,
 )
+from vattn_cli.ablate.executor import Launch, describe, execute
+from vattn_cli.ablate.jobs import train_job
+from vattn_cli.ablate.measuring import with_concurrent
 from vattn_cli.errors import UsageError
 from vattn_cli.report.rowlog import RowLog
 
@@ -247,12 +250,14 @@ def run(
     title: str = "Accuracy against compute",
     progress: Any = None,
     log: Callable[[str], None] | None = None,
+    launch: Launch | None = None,
 ) -> Result:
     """Run the plan into ``out/<csv_name>``, then plot and summarise it.
 
     ``progress`` is a :class:`~vattn_cli.ablate.progress.StudyProgress` (or None). Without
     ``resume`` an existing CSV is refused; with it, finished runs are skipped and a run killed
-    midway continues from its ``last.pt``.
+    midway continues from its ``last.pt``. ``launch``: how the runs are run
+    (:class:`~vattn_cli.ablate.executor.Launch`; default one after another in this process).
     """
     config = config or StudyConfig()
     say = log or (lambda _msg: None)
@@ -265,26 +270,41 @@ def run(
     if "tubelet" not in columns and config.tubelet != 1:
         raise UsageError(f"{out / csv_name} was written before the tubelet column (its rows are tubelet 1); "
                          "resume it without --tubelet, or choose another --out")
+    launch = launch or Launch()
+    columns = with_concurrent(out / csv_name, columns, launch, resume=resume,
+                              timed=bool({"latency", "memory"} & set(config.measures)))
     rowlog = RowLog(out / csv_name, columns)
     done = {row_key(row) for row in rowlog.open(resume=resume)}
     todo = [r for r in runs if r.key() not in done]
     skipped = len(runs) - len(todo)
     if resume:
         say(f"resuming {rowlog.path}: {skipped} of {len(runs)} runs already there, skipped")
+    if todo and (launch.launcher != "pool" or launch.jobs > 1):
+        say(f"runs: {describe(launch)}")
+    threads = launch.threads if launch.launcher == "pool" and launch.jobs <= 1 else None
+    jobs = [train_job(r, str(out), config, resume=True if resume else _fresh_or_error(out, r), threads=threads)
+            for r in todo]
+    one_by_one = launch.launcher == "pool" and launch.jobs <= 1
+
+    def started(job) -> None:
+        if progress is not None and one_by_one:
+            progress.begin(job.label)
+
+    def finished(job, row: dict) -> None:
+        rowlog.append(row)
+        if progress is not None:
+            if one_by_one:
+                progress.end()
+            else:
+                progress.finished(job.label)
+        say(f"{job.label}: top1 {row['top1']:.1f}"
+            + (f", pair {row['pair_acc']:.1f}" if row.get("pair_acc") is not None else "")
+            + f", {row['gflops']:.4g} GFLOPs, trained in {row['train_s']:.0f} s")
+
     try:
         if progress is not None:
             progress.start(len(runs), skipped)
-        for r in todo:
-            if progress is not None:
-                progress.begin(f"{r.dataset} {r.name}")
-            row = run_one(r, out, config, resume=True if resume else _fresh_or_error(out, r),
-                          progress=progress)
-            rowlog.append(row)
-            if progress is not None:
-                progress.end()
-            say(f"{r.dataset} {r.name}: top1 {row['top1']:.1f}"
-                + (f", pair {row['pair_acc']:.1f}" if row.get("pair_acc") is not None else "")
-                + f", {row['gflops']:.4g} GFLOPs, trained in {row['train_s']:.0f} s")
+        execute(jobs, launch, finished, out=out, on_start=started, progress=progress if one_by_one else None)
     finally:
         rowlog.close()
         if progress is not None:

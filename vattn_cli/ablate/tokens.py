@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from vattn_cli import measure as m
 from vattn_cli.ablate.config import BASE_FRAMES, BASE_SIZE, TOKENS_FRAMES, TOKENS_MODEL, TOKENS_SIZES
+from vattn_cli.ablate.executor import CONCURRENT_COLUMN, Launch
+from vattn_cli.ablate.measuring import run_measurements, with_concurrent
 from vattn_cli.errors import UsageError
 from vattn_cli.measure.setting import Setting
 from vattn_cli.report.rowlog import RowLog
@@ -275,7 +277,8 @@ def read_rows(path: Path, plan_: Plan) -> pd.DataFrame:
     position = [order.get(m.row_key(row)) for row in frame.to_dict(orient="records")]
     frame = frame.assign(_order=position).dropna(subset=["_order"])
     frame = frame.drop_duplicates("_order", keep="last").sort_values("_order").drop(columns="_order")
-    columns = COLUMNS + ([m.SAMPLES_COLUMN] if m.SAMPLES_COLUMN in frame.columns else [])
+    columns = (COLUMNS + [c for c in (CONCURRENT_COLUMN,) if c in frame.columns]
+               + ([m.SAMPLES_COLUMN] if m.SAMPLES_COLUMN in frame.columns else []))
     if m.SAMPLES_COLUMN in frame.columns:  # back to lists of ms
         frame[m.SAMPLES_COLUMN] = frame[m.SAMPLES_COLUMN].map(m.parse_samples)
     return m.rows_frame(frame.to_dict(orient="records"))[columns].reset_index(drop=True)
@@ -294,6 +297,7 @@ def run(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     samples: bool = False,
+    launch: Launch | None = None,
 ) -> Result:
     """Measure the plan's combinations into ``out/tokens.csv``, then plot and summarise it.
 
@@ -301,15 +305,20 @@ def run(
     combinations already in the file are skipped and ``log`` says how many. ``samples``: keep
     every timed run's latency (the ``latency_samples_ms`` column). A resumed file keeps its own
     header where it is this one with fewer or more additive columns (an earlier version's, or
-    one written with or without ``samples``).
+    one written with or without ``samples``). ``launch``: how the combinations are run
+    (:mod:`vattn_cli.ablate.executor`; default one after another, each in a fresh worker).
     """
     import pandas as pd
 
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    launch = launch or Launch()
     wanted_columns = COLUMNS + ([m.SAMPLES_COLUMN] if samples else [])
     columns = m.resume_columns(out / CSV_NAME, wanted_columns, _FIRST_COLUMNS) if resume else wanted_columns
+    timed = bool({"latency", "memory"} & set(measures))
+    columns = with_concurrent(out / CSV_NAME, columns, launch, timed=timed, resume=resume)
+    wanted_columns = with_concurrent(out / CSV_NAME, wanted_columns, launch, timed=timed, resume=resume)
     if columns != wanted_columns:
         missing, extra = [c for c in wanted_columns if c not in columns], [c for c in columns if c not in wanted_columns]
         say(f"{out / CSV_NAME} keeps its columns: " + "; ".join(
@@ -327,9 +336,9 @@ def run(
             say(f"resuming {rowlog.path}: {skipped} of {len(wanted)} combinations already there, skipped{torn}")
             if done - wanted:
                 say(f"{len(done - wanted)} rows of {rowlog.path} are not part of this study: kept, not plotted")
-        measured = m.sweep(plan_.settings, measures, options, on_row=lambda row: rowlog.append(m.csv_cells(row)),
-                           skip=lambda s: s.key() in done,
-                           max_memory=max_memory, timeout_s=timeout_s, isolate=isolate, progress=progress)
+        todo = [s for s in plan_.settings if s.key() not in done]
+        measured = run_measurements(todo, measures, options, launch or Launch(), rowlog, out=out,
+                                    max_memory=max_memory, timeout_s=timeout_s, isolate=isolate, progress=progress)
     finally:
         rowlog.close()
     frame = read_rows(rowlog.path, plan_)
@@ -339,4 +348,4 @@ def run(
     from vattn_cli.report.tables import atomic_write_text
 
     atomic_write_text(summary, summary_markdown(frame, table, plan_, figures) if len(frame) else "")
-    return Result(frame, table, skipped, len(measured), [rowlog.path, summary, *figures])
+    return Result(frame, table, skipped, measured, [rowlog.path, summary, *figures])

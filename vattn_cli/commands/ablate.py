@@ -20,6 +20,7 @@ from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
     parse_measure_flags, samples_flag, time_budget_flag,
 )
+from vattn_cli.commands._launch_flags import LaunchFlags, with_launch_flags
 from vattn_cli.commands._options import choice_list, default_text, given, int_list, one_choice, scheme_list, split_list
 from vattn_cli.commands._outputs import check_outputs, count_rows, output_lock
 from vattn_cli.engine.config import parse_views
@@ -71,6 +72,7 @@ Example: vattn ablate tokens --schemes joint,divided --max-memory 32GB --out run
 
 
 @ablate_app.command("tokens", help=_TOKENS_HELP)
+@with_launch_flags
 def tokens(
     out: Path = typer.Option(..., "--out", help="Folder for tokens.csv, tokens.md and the figures."),
     schemes: SchemesFlag = None,
@@ -100,6 +102,7 @@ def tokens(
     device: Device = None,
     seed: Seed = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables, no progress bar; only the files."),
+    launch_flags: LaunchFlags = None,
 ) -> None:
     """Cost against tokens per scheme (help: ``_TOKENS_HELP``, generated from the study's defaults)."""
     from vattn_cli.ablate import tokens as study
@@ -121,6 +124,8 @@ def tokens(
     check_outputs(folders={"--out": out})
     device_type = flags.start().type
     plan = study.plan(names, grid=grid, device=device_type, **choices)
+    launch = launch_flags.parse(kind="measure", timed=bool({"latency", "memory"} & set(flags.measures)),
+                                device=device_type, runs=len(plan.settings))
 
     def say(message: str) -> None:
         if not quiet:
@@ -130,7 +135,7 @@ def tokens(
     with output_lock(out, finished=lambda: f"{count_rows(csv_path)} combinations finished in {csv_path}"):
         result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
                            timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say,
-                           samples=samples)
+                           samples=samples, launch=launch)
     emit(result.frame, quiet=quiet, title=f"vattn ablate tokens ({device_type})",
          columns=["scheme", "frames", "size", "tokens", "gflops", "latency_ms", "peak_mem_mb", "status"])
     _show_exponents(result.exponents, quiet)
@@ -243,8 +248,11 @@ def _check_tubelet(runs, tubelet: int | None) -> None:
         check_tubelet(run.frames, StudyConfig.tubelet if tubelet is None else tubelet)
 
 
-def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: str, title: str, label: str) -> None:
+def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: str, title: str, label: str,
+               launch_flags: LaunchFlags | None = None) -> None:
     _check_tubelet(runs, config.tubelet)
+    launch = (launch_flags or LaunchFlags()).parse(kind="train", timed=bool({"latency", "memory"} & set(config.measures)),
+                                                   device=config.device, runs=len(runs))
     from vattn_cli.ablate import schemes as study
     from vattn_cli.ablate.progress import StudyProgress
 
@@ -261,7 +269,7 @@ def _run_study(runs, out: Path, config, *, resume: bool, quiet: bool, csv_name: 
 
     with output_lock(out, finished=finished):
         result = study.run(runs, out, config, resume=resume, csv_name=csv_name, title=title,
-                           progress=StudyProgress(enabled=not quiet), log=say)
+                           progress=StudyProgress(enabled=not quiet), log=say, launch=launch)
     emit(result.frame, quiet=quiet, title=title,
          columns=["dataset", label, "frames", "size", "params_m", "gflops", "top1", "pair_acc", "latency_ms", "status"])
     for dataset, points in result.pareto.items():
@@ -284,6 +292,7 @@ Example: vattn ablate schemes --data train.csv --val val.csv --schemes space,div
 
 
 @ablate_app.command("schemes", help=_SCHEMES_HELP)
+@with_launch_flags
 def schemes(
     out: Path = typer.Option(..., "--out", help="Folder for schemes.csv, summary.md, the figure and runs/."),
     data: DataFlag = None,
@@ -310,6 +319,7 @@ def schemes(
                                      "curves and config to OUT/runs/<dataset>/<run>/tensorboard/ (its top-1 and GFLOPs "
                                      "as HParams metrics), the accuracy-vs-GFLOPs figure to OUT/tensorboard/; view all "
                                      "with tensorboard --logdir OUT (needs: pip install -e \".[tensorboard]\")."),
+    launch_flags: LaunchFlags = None,
 ) -> None:
     """Accuracy against compute, every scheme (help: ``_SCHEMES_HELP``, generated from the defaults)."""
     from vattn_cli.ablate import schemes as study
@@ -322,10 +332,11 @@ def schemes(
                            clips=clips, views=views, cache_dir=cache_dir, patch=patch,
                            tubelet=tubelet, tensorboard=tensorboard)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.CSV_NAME,
-               title="Accuracy against compute (vattn ablate schemes)", label="scheme")
+               title="Accuracy against compute (vattn ablate schemes)", label="scheme", launch_flags=launch_flags)
 
 
 @ablate_app.command("pos-embed")
+@with_launch_flags
 def pos_embed(
     out: Path = typer.Option(..., "--out", help="Folder for pos_embed.csv, pos_embed.md, the figure and runs/."),
     scheme: str = typer.Option(None, "--scheme", "--schemes", help="The one scheme whose position embeddings are "
@@ -352,6 +363,7 @@ def pos_embed(
     device: Device = None,
     seed: StudySeed = None,
     quiet: QuietFlag = False,
+    launch_flags: LaunchFlags = None,
 ) -> None:
     """Train one scheme with no, space-only and space-time position embeddings (the paper's Table 4).
 
@@ -373,7 +385,8 @@ def pos_embed(
                            clips=clips, views=views, cache_dir=cache_dir, patch=patch,
                            tubelet=tubelet)
     _run_study(runs, out, config, resume=resume, quiet=quiet, csv_name=study.POS_CSV_NAME,
-               title=f"Position embeddings of {names[0]} (vattn ablate pos-embed)", label="pos_embed")
+               title=f"Position embeddings of {names[0]} (vattn ablate pos-embed)", label="pos_embed",
+               launch_flags=launch_flags)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 
 import typer
 
@@ -10,6 +13,7 @@ from vattn_cli.commands._measure_flags import (
     Device, Isolate, MaxMemory, Measure, Mode, Repeats, Seed, Threads, Timeout, Warmup, dtype_flag,
     parse_measure_flags, samples_flag, time_budget_flag,
 )
+from vattn_cli.commands._launch_flags import LaunchFlags, with_launch_flags
 from vattn_cli.commands._options import choice_list, given, int_list, scheme_list
 from vattn_cli.commands._outputs import check_outputs
 from vattn_cli.errors import RunError, UsageError
@@ -23,12 +27,13 @@ Samples = samples_flag("the --csv rows (--json rows always have them)")
 
 
 def csv_frame(frame, samples: bool):
-    """The rows as CSV writes them: samples as space-separated ms with ``samples``, else left out."""
-    from vattn_cli.measure.setting import SAMPLES_COLUMN, format_samples
+    """The rows as CSV writes them: samples (wall and CPU) as space-separated ms with ``samples``, else left out."""
+    from vattn_cli.measure.setting import CPU_SAMPLES_COLUMN, SAMPLES_COLUMN, format_samples
 
+    columns = [c for c in (SAMPLES_COLUMN, CPU_SAMPLES_COLUMN) if c in frame.columns]
     if not samples:
-        return frame.drop(columns=[SAMPLES_COLUMN], errors="ignore")
-    return frame.assign(**{SAMPLES_COLUMN: frame[SAMPLES_COLUMN].map(format_samples)})
+        return frame.drop(columns=columns)
+    return frame.assign(**{c: frame[c].map(format_samples) for c in columns})
 
 
 def _peak_value(text: str | None) -> float | str | None:
@@ -56,6 +61,7 @@ def _peaks(value: float | str | None, device, dtypes: list[str], calibrate_now: 
     return {d: value for d in dtypes}
 
 
+@with_launch_flags
 def profile(
     scheme: str = typer.Option(None, "--scheme", "--schemes", help="Schemes, comma-separated: names, import paths "
                                "module.path:Class, or 'all'. --schemes is an alias."),
@@ -91,6 +97,7 @@ def profile(
     device: Device = None,
     seed: Seed = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, no progress bar; only the files asked for."),
+    launch_flags: LaunchFlags = None,
 ) -> None:
     """Measure params, FLOPs, latency, throughput and peak memory of every combination.
 
@@ -144,14 +151,22 @@ def profile(
     peaks = _peaks(peak, torch_device, list(dict.fromkeys(s.dtype for s in settings)), calibrate)
     cache: dict = {}
     show_progress = not quiet and sys.stderr.isatty()
-    frame = m.sweep(
-        settings, flags.measures, flags.options, peak_tflops=peaks, max_memory=flags.max_memory, timeout_s=timeout,
-        isolate=isolate, progress=show_progress,
-        flops_cache=cache,
-    )
+    launch = launch_flags.parse(kind="measure", timed=bool({"latency", "memory"} & set(flags.measures)),
+                                device=torch_device.type, runs=len(settings))
+    from vattn_cli.ablate.measuring import measure_settings
+
+    rows = measure_settings(settings, flags.measures, flags.options, launch, lambda row: None,
+                            peak_tflops=peaks, max_memory=flags.max_memory, timeout_s=timeout, isolate=isolate,
+                            progress=show_progress, flops_cache=cache,
+                            out=Path(".vattn-profile") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    if launch.concurrent == 1:  # every row timed alone: the columns of a profile as ever
+        rows = [{k: v for k, v in row.items() if k != "concurrent"} for row in rows]
+    frame = m.rows_frame(rows, with_mfu=peaks is not None)
     to_stdout = "-" in (csv, json_path)
     title = f"vattn profile ({torch_device.type})"
-    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN]  # in the files, not in the table
+    from vattn_cli.measure.setting import TIMING_DETAIL_COLUMNS
+
+    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN, *TIMING_DETAIL_COLUMNS]  # in the files, not the table
     if not quiet:
         (stderr_console if to_stdout else stdout_console).print(
             rich_table(frame, title=title, columns=[c for c in frame.columns if c not in hidden]))

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+import vattn_cli.data.frame_cache as frame_cache
 from vattn_cli.data.lists import VideoItem
 from vattn_cli.data.sampling import STRATEGIES, clip_indices
 from vattn_cli.data.transforms import (
@@ -69,7 +70,7 @@ class VideoClipDataset(Dataset):
         sample_rate: int = 4, train: bool, views: tuple[int, int] = (1, 1), hflip: bool = False,
         skip_bad: bool = False, threads: int = 1, seed: int = 0,
         mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-        scale: tuple[float, float] = TRAIN_SCALE,
+        scale: tuple[float, float] = TRAIN_SCALE, cache_frames: bool = True,
     ) -> None:
         if sampling not in STRATEGIES:
             raise one_of("--sampling", sampling, STRATEGIES)
@@ -84,6 +85,7 @@ class VideoClipDataset(Dataset):
         self.frames, self.size, self.sampling, self.sample_rate = frames, size, sampling, sample_rate
         self.train, self.views, self.hflip, self.skip_bad = train, (clips, crops), hflip, skip_bad
         self.threads, self.seed, self.mean, self.std, self.scale = threads, seed, tuple(mean), tuple(std), scale
+        self.cache_frames = cache_frames  # built-in videos only: see vattn_cli.data.frame_cache
         self.epoch = 0
         self._bad: dict[int, tuple[VideoItem, str]] = {}
         self._pending: list[tuple[int, str]] = []  # found here, not yet handed to the main process
@@ -127,18 +129,42 @@ class VideoClipDataset(Dataset):
             return None
         return {"video": video, "label": item.label, "index": index}
 
+    def cached_frames(self, index: int) -> torch.Tensor | None:
+        """Every frame of built-in video ``index`` ``[N, H, W, 3]`` from :mod:`~vattn_cli.data.frame_cache`
+        (decoded and stored on first use), or None for a user's video (decoded per clip as ever)."""
+        if not self.cache_frames:
+            return None
+        path = frame_cache.cache_path(self.items[index].path)
+        if path is None:
+            return None
+        frames = frame_cache.load(path)
+        if frames is None:
+            item = self.items[index]
+            reader = open_video(item, self.threads)
+            decoded = read_frames(reader, range(len(reader)), item)
+            del reader
+            frames = decoded.numpy()
+            frame_cache.store(path, frames)
+        return torch.from_numpy(frames)
+
     def load(self, index: int) -> torch.Tensor:
         """Decode and transform sample ``index`` (raises :class:`BadVideoError`)."""
         item = self.items[index]
         g = self.generator(index)
-        reader = open_video(item, self.threads)
-        clips = clip_indices(self.sampling, len(reader), self.frames, rate=self.sample_rate,
-                             train=self.train, generator=g, num_clips=self.views[0])
-        wanted = sorted({i for clip in clips for i in clip})
-        decoded = read_frames(reader, wanted, item)
-        del reader  # one reader per video, closed before the next opens
-        row = {frame: k for k, frame in enumerate(wanted)}
-        tensors = [decoded[[row[i] for i in clip]] for clip in clips]
+        every = self.cached_frames(index)
+        if every is not None:  # a built-in video decoded before: the same pixels, no decoder
+            clips = clip_indices(self.sampling, len(every), self.frames, rate=self.sample_rate,
+                                 train=self.train, generator=g, num_clips=self.views[0])
+            tensors = [every[list(clip)] for clip in clips]
+        else:
+            reader = open_video(item, self.threads)
+            clips = clip_indices(self.sampling, len(reader), self.frames, rate=self.sample_rate,
+                                 train=self.train, generator=g, num_clips=self.views[0])
+            wanted = sorted({i for clip in clips for i in clip})
+            decoded = read_frames(reader, wanted, item)
+            del reader  # one reader per video, closed before the next opens
+            row = {frame: k for k, frame in enumerate(wanted)}
+            tensors = [decoded[[row[i] for i in clip]] for clip in clips]
         if self.train:
             return train_transform(tensors[0], self.size, g, scale=self.scale, hflip=self.hflip,
                                    mean=self.mean, std=self.std)
