@@ -27,13 +27,12 @@ Samples = samples_flag("the --csv rows (--json rows always have them)")
 
 
 def csv_frame(frame, samples: bool):
-    """The rows as CSV writes them: samples (wall and CPU) as space-separated ms with ``samples``, else left out."""
-    from vattn_cli.measure.setting import CPU_SAMPLES_COLUMN, SAMPLES_COLUMN, format_samples
+    """The rows as CSV writes them: samples as space-separated ms with ``samples``, else left out."""
+    from vattn_cli.measure.setting import SAMPLES_COLUMN, format_samples
 
-    columns = [c for c in (SAMPLES_COLUMN, CPU_SAMPLES_COLUMN) if c in frame.columns]
     if not samples:
-        return frame.drop(columns=columns)
-    return frame.assign(**{c: frame[c].map(format_samples) for c in columns})
+        return frame.drop(columns=[SAMPLES_COLUMN], errors="ignore")
+    return frame.assign(**{SAMPLES_COLUMN: frame[SAMPLES_COLUMN].map(format_samples)})
 
 
 def _peak_value(text: str | None) -> float | str | None:
@@ -164,9 +163,7 @@ def profile(
     frame = m.rows_frame(rows, with_mfu=peaks is not None)
     to_stdout = "-" in (csv, json_path)
     title = f"vattn profile ({torch_device.type})"
-    from vattn_cli.measure.setting import TIMING_DETAIL_COLUMNS
-
-    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN, *TIMING_DETAIL_COLUMNS]  # in the files, not the table
+    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN]  # in the files, not in the table
     if not quiet:
         (stderr_console if to_stdout else stdout_console).print(
             rich_table(frame, title=title, columns=[c for c in frame.columns if c not in hidden]))
