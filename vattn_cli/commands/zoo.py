@@ -124,6 +124,7 @@ def _show(text: str, model: str | None, frames: int | None, img_size: int | None
     names = scheme_list("--show", text)
     if out is not None and out.rsplit(".", 1)[-1].lower() not in FORMATS:
         raise UsageError(f"invalid --out {out!r}; expected a file ending in " + ", ".join(f".{f}" for f in FORMATS))
+    check_outputs(files={"--csv": csv, "--json": json_path, "--out": out})
     frames = DEFAULTS["frames"] if frames is None else frames
     img_size = DEFAULTS["img_size"] if img_size is None else img_size
     patch = DEFAULTS["patch"] if patch is None else patch
