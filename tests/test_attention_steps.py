@@ -270,11 +270,13 @@ def test_zoo_show_draws_and_counts(capsys, tmp_path) -> None:
     with Image.open(png) as image:
         assert image.size[0] > 800 and image.size[1] > 200
     assert "vattn zoo --show" in err  # the table goes to stderr when stdout carries CSV
+    code, out, err = vattn(capsys, "zoo", "--show", "space", "--frames", 2, "--size", 64, "--csv", "-", "-q")
+    assert code == 0 and set(pd.read_csv(io.StringIO(out))["of"]) == {16, 2}  # --size 64: a 4 x 4 grid
 
 
 @pytest.mark.parametrize("args, flag", [
     (["--query", "4,0,0"], "--query"), (["--query", "1,2"], "--query"), (["--out", "map.gif"], "--out"),
-    (["--model", "tiny"], "--model"), (["--img-size", "100"], "100"),
+    (["--model", "tiny"], "--model"), (["--img-size", "100"], "100"), (["--size", "112"], "--size"),
 ])
 def test_zoo_show_bad_input_is_one_line(capsys, tmp_path, args: list, flag: str) -> None:
     args = [str(tmp_path / a) if a.endswith(".gif") else a for a in args]

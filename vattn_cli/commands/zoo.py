@@ -32,7 +32,8 @@ def zoo(
     show: str = typer.Option(
         None, "--show", help="Draw who attends to whom for these schemes (names, module.path:Class, or all), "
         "TimeSformer's figure: each attention step's keys per frame, then the whole block's reach measured from "
-        "the code. Prints the counts; --out FILE.png|.svg draws the figure, --csv the counts per step and frame.",
+        "the code. Prints the counts; --out FILE.png|.svg draws the figure, --csv the counts per step and frame. "
+        "Takes --frames, --img-size (or --size PIXELS), --patch, --tubelet.",
     ),
     query: str = typer.Option(None, "--query", help="With --show: the query patch t,h,w on the token grid "
                               "(default: the centre)."),
@@ -118,9 +119,12 @@ def _show(text: str, model: str | None, frames: int | None, img_size: int | None
     """``--show``: who attends to whom, measured on one narrow block of each scheme at the full grid."""
     from vattn_cli.report.attention_map import FORMATS
 
-    if model is not None:
-        raise UsageError("--model/--size does not apply to --show: who attends to whom does not depend on the "
-                         "width (it is measured on a narrow block); the frame size is --img-size")
+    if model is not None:  # --size is --model's alias here; with --show a number is the frame size, as in train
+        if not model.isdigit() or (img_size is not None and img_size != int(model)):
+            raise UsageError(f"invalid --model/--size {model!r} with --show: who attends to whom does not depend on "
+                             "the model size (it is measured on a narrow block); give the frame size in pixels "
+                             "(--size 224 or --img-size 224)")
+        img_size = int(model)
     names = scheme_list("--show", text)
     if out is not None and out.rsplit(".", 1)[-1].lower() not in FORMATS:
         raise UsageError(f"invalid --out {out!r}; expected a file ending in " + ", ".join(f".{f}" for f in FORMATS))
