@@ -59,8 +59,9 @@ def init_from_scratch_(model: nn.Module, std: float) -> None:
     scratch that leaves a fresh model blind to frame order, with attention logits near zero, and
     on data whose classes are time reversals of each other (the built-in motion task, SSv2's
     left/right pairs) it sits at chance for epochs. So, for ``std > 0``: ``pos_embed`` and
-    ``time_embed`` are drawn from N(0, std) (truncated at 2 std; patch tokens have std ~1), and
-    every linear layer but the head from N(0, 1/fan_in) (LeCun normal, truncated at 2 std), the
+    ``time_embed`` (every parameter of that name: a second stage's too, ``factorised_encoder``'s
+    temporal table, without which that model stays at chance on the motion task) are drawn from
+    N(0, std) (truncated at 2 std; patch tokens have std ~1), and every linear layer but the head from N(0, 1/fan_in) (LeCun normal, truncated at 2 std), the
     zeroed projections included. ``std=0`` keeps the zoo's (TimeSformer's) initialisation.
 
     Measured on ``builtin:motion`` (tiny divided, 8 frames, patch 8 at 32 px, 384 clips, batch 8,
@@ -72,9 +73,8 @@ def init_from_scratch_(model: nn.Module, std: float) -> None:
     if not std:
         return
     with torch.no_grad():
-        for name in ("pos_embed", "time_embed"):
-            embed = getattr(model, name, None)
-            if embed is not None:
+        for name, embed in model.named_parameters():  # a second stage's table too (factorised_encoder)
+            if name.rsplit(".", 1)[-1] in ("pos_embed", "time_embed"):
                 nn.init.trunc_normal_(embed, std=std, a=-2 * std, b=2 * std)
         head = getattr(model, "head", None)
         for module in model.modules():
