@@ -61,8 +61,8 @@ def init_from_scratch_(model: nn.Module, std: float) -> None:
     left/right pairs) it sits at chance for epochs. So, for ``std > 0``: ``pos_embed`` and
     ``time_embed`` (every parameter of that name: a second stage's too, ``factorised_encoder``'s
     temporal table, without which that model stays at chance on the motion task) are drawn from
-    N(0, std) (truncated at 2 std; patch tokens have std ~1), and every linear layer but the head from N(0, 1/fan_in) (LeCun normal, truncated at 2 std), the
-    zeroed projections included. ``std=0`` keeps the zoo's (TimeSformer's) initialisation.
+    N(0, std) (truncated at 2 std; patch tokens have std ~1), and every linear layer but the head
+    from N(0, 1/fan_in) (LeCun normal, truncated at 2 std), the zeroed projections included. ``std=0`` keeps the zoo's (TimeSformer's) initialisation.
 
     Measured on ``builtin:motion`` (tiny divided, 8 frames, patch 8 at 32 px, 384 clips, batch 8,
     AdamW 5e-4, 6 epochs, in-memory probe): zoo init plus N(0, 1) embeddings reached 89-98% pair
