@@ -143,6 +143,16 @@ def test_changed_mixing_fails_the_step_it_changes(cls: type, name: str, wrong: s
     assert any("undeclared token" in r.detail for r in failed)
 
 
+def test_a_declaration_wider_than_the_code_fails() -> None:
+    from vattn_cli.zoo.steps import AttentionStep, everywhere
+
+    block, layout = block_at("space")
+    block.attention_steps = lambda: (AttentionStep("space", everywhere, output="attn.proj", cls=True),)
+    failed = failures(block, layout)
+    assert len(failed) == 4 and all("declared keys masked do not change the output" in r.detail for r in failed)
+    assert not any("undeclared" in r.detail for r in failed)
+
+
 def _shifted(block):
     """The block fed the previous frame's patches (cyclically): every query reads one frame back."""
     mutant = copy.deepcopy(block)

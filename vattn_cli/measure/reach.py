@@ -247,8 +247,8 @@ def check_step(block: nn.Module, layout: Layout, steps: Sequence[AttentionStep],
     x = _inputs(layout, _dim(block), seed)
     with silenced(block, steps, keep=index):
         outside = ~keys
-        others = spread(keys.nonzero().flatten().tolist(), max_keys)
-        masks = [outside] + [torch.nn.functional.one_hot(torch.tensor(k), layout.tokens).bool() for k in others]
+        picked = spread(keys.nonzero().flatten().tolist(), max_keys)
+        masks = [outside] + [torch.nn.functional.one_hot(torch.tensor(k), layout.tokens).bool() for k in picked]
         moves = _moved(block, layout, x, query, masks, seed)
         problems = []
         if outside.any() and float(moves[0]) > ZERO:
@@ -256,16 +256,16 @@ def check_step(block: nn.Module, layout: Layout, steps: Sequence[AttentionStep],
             where = ", ".join(layout.describe(int(p)) for p in reads.nonzero().flatten()[:4])
             problems.append(f"masking the {int(outside.sum())} tokens outside its keys moved the output by "
                             f"{float(moves[0]):.2g}: the code also reads {int(reads.sum())} undeclared token(s), e.g. {where}")
-        still = [k for k, m in zip(others, moves[1:].tolist()) if m <= MOVED]
+        still = [k for k, m in zip(picked, moves[1:].tolist()) if m <= MOVED]
         if still:
             where = ", ".join(layout.describe(k) for k in still[:4])
-            problems.append(f"{len(still)} of the {len(others)} declared keys masked do not change the output, "
+            problems.append(f"{len(still)} of the {len(picked)} declared keys masked do not change the output, "
                             f"e.g. {where}")
     if problems:
         return StepCheck(step.name, query, False, "; ".join(problems))
-    low = float(moves[1:].min()) if len(others) else float("nan")
+    low = float(moves[1:].min()) if len(picked) else float("nan")
     return StepCheck(step.name, query, True,
-                     f"{len(others)} of its {int(keys.sum())} keys masked one at a time each move the output (least "
+                     f"{len(picked)} of its {int(keys.sum())} keys masked one at a time each move the output (least "
                      f"{low:.2g}); the {int((~keys).sum())} other tokens masked at once move it {float(moves[0]):.1g}")
 
 
