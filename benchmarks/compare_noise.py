@@ -7,19 +7,24 @@ speed hits both sides alike; ``--pairs`` times over. Then, per pair:
 
 - **honest reruns**: compares the two sides with the default rules; how many of the comparisons
   fail (target 0), and which metric failed;
-- **injected slowdowns**: scales the current side's latency, IQR and samples by 1.05 ... 1.30 (and
-  throughput by its inverse) and counts the comparisons that fail and the rows flagged; the
-  smallest factor caught in every comparison is the gate's resolution (target 1.15 or less);
+- **injected slowdowns**: makes the current side's step 1.05 ... 1.30 times slower (its wall-clock
+  and CPU times, IQR and samples scaled, throughput divided; the reference workload's time left as
+  it was, as when the code and not the machine got slower) and counts the comparisons that fail
+  and the rows flagged; the smallest factor caught in every comparison is the gate's resolution
+  (target 1.15 or less);
 - both with one run a side (the first round: a plain "two runs" comparison) and with every round
-  (each side a folder of rounds: compare takes each metric's median over the runs and pools the
-  samples), at each ``--alphas`` level, with the samples (U test) and without them (IQR bands).
+  (each side a folder of rounds: compare judges each run, takes the median run and pools the
+  samples), at each ``--alphas`` level, on each clock: ``ref`` (the default, ``--clock auto``:
+  CPU time in units of the reference workload profile times beside each step), ``cpu`` (CPU
+  time alone) and ``wall`` (the wall clock, with the U test, and with IQR bands alone).
 
-Run:  python benchmarks/compare_noise.py [--pairs 10] [--rounds 3] [--out runs/compare_noise] [--reuse]
+Run:  python benchmarks/compare_noise.py [--pairs 10] [--rounds 2] [--out runs/compare_noise] [--reuse]
       [-- profile flags, default: --threads 1 --no-isolate --measure params,flops,latency]
 ``--reuse`` analyses the CSVs already in ``--out`` without profiling again (``--fail-on`` and
-``--factors`` re-judge them under other rules). About 20 s per profile command, 20 minutes for
-10 pairs x 3 rounds, on a loaded 2-core machine; the default flags skip the worker processes, so
-memory is not measured (pass ``-- --threads 1`` alone to measure it too, at twice the time).
+``--factors`` re-judge them under other rules); an interrupted run resumes where it stopped.
+Each profile command takes 20 s on a quiet 2-core machine and about a minute on a loaded one
+(40 commands for 10 pairs x 2 rounds: 15 to 45 minutes); the default flags skip the worker
+processes, so memory is not measured (pass ``-- --threads 1`` alone to measure it too).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vattn_cli.report.compare import (
+    CPU_SAMPLES_COLUMN,
     DEFAULT_ALPHA,
     SAMPLES_COLUMN,
     Results,
@@ -61,32 +67,36 @@ def profile_run(path: Path, extra: list[str]) -> float:
 
 
 def slowed(results: Results, factor: float) -> Results:
-    """The same rows, every timing ``factor`` slower (samples, median, IQR, quartiles, throughput)."""
+    """The same rows, the step ``factor`` slower: its wall-clock and CPU times (samples, median,
+    IQR, quartiles) times ``factor``, throughput divided by it; the reference workload's time
+    (``ref_cpu_ms``) unchanged, as it is when the code, not the machine, got slower."""
     frame = results.frame.copy()
-    for col in ("latency_ms", "latency_iqr_ms", "latency_q1_ms", "latency_q3_ms"):
+    for col in ("latency_ms", "latency_iqr_ms", "latency_q1_ms", "latency_q3_ms", "cpu_ms"):
         if col in frame.columns:
             frame[col] = frame[col] * factor
     if "throughput" in frame.columns:
         frame["throughput"] = frame["throughput"] / factor
-    if SAMPLES_COLUMN in frame.columns:
-        frame[SAMPLES_COLUMN] = [None if (s := parse_samples(v)) is None else [x * factor for x in s]
-                                 for v in frame[SAMPLES_COLUMN]]
+    for col in (SAMPLES_COLUMN, CPU_SAMPLES_COLUMN):
+        if col in frame.columns:
+            frame[col] = [None if (s := parse_samples(v)) is None else [x * factor for x in s] for v in frame[col]]
     return Results(results.path, frame, results.folder)
 
 
 def without_samples(results: Results) -> Results:
-    return Results(results.path, results.frame.drop(columns=[SAMPLES_COLUMN], errors="ignore"), results.folder)
+    return Results(results.path, results.frame.drop(columns=[SAMPLES_COLUMN, CPU_SAMPLES_COLUMN], errors="ignore"),
+                   results.folder)
 
 
-def comparisons(pairs, prep, factor, alpha, fail_on=None):
+def comparisons(pairs, prep, factor, alpha, fail_on=None, clock="auto"):
     rules = parse_rules(fail_on)
-    return [compare(prep(a), slowed(prep(b), factor) if factor != 1 else prep(b), rules, alpha) for a, b in pairs]
+    return [compare(prep(a), slowed(prep(b), factor) if factor != 1 else prep(b), rules, alpha, clock)
+            for a, b in pairs]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "runs" / "compare_noise"))
     parser.add_argument("--reuse", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--alphas", default=f"{DEFAULT_ALPHA:g},0.05")
@@ -104,7 +114,8 @@ def main() -> None:
             took = 0.0
             for r in range(args.rounds):
                 for side in ("baseline", "current"):
-                    took += profile_run(sides[side] / f"round{r}.csv", extra)
+                    if not (sides[side] / f"round{r}.csv").exists():  # an interrupted benchmark resumes
+                        took += profile_run(sides[side] / f"round{r}.csv", extra)
             print(f"pair {i + 1}/{args.pairs}: {args.rounds} rounds a side in {took:.0f} s", file=sys.stderr,
                   flush=True)
         first.append(tuple(read_results(sides[s] / "round0.csv") for s in ("baseline", "current")))
@@ -116,24 +127,27 @@ def main() -> None:
     print(f"repeats per setting: {int(repeats.min())} to {int(repeats.max())}; median latency "
           f"{pd.concat([a.frame['latency_ms'] for a, _ in every]).median():.1f} ms")
     for name, pairs in (("1 run a side", first), (f"{rounds} runs a side", every)):
-        drift = pd.concat([c.frame.loc[c.frame["metric"] == "latency_ms", "change_pct"].abs().astype(float)
-                           for c in comparisons(pairs, lambda r: r, 1, DEFAULT_ALPHA)])
-        print(f"honest latency_ms change per setting, {name}: median {drift.median():.1f}%, "
-              f"90th percentile {drift.quantile(0.9):.1f}%, max {drift.max():.1f}% (of {len(drift)})")
+        for clock in ("ref", "cpu", "wall"):
+            drift = pd.concat([c.frame.loc[c.frame["metric"] == "latency_ms", "change_pct"].abs().astype(float)
+                               for c in comparisons(pairs, lambda r: r, 1, DEFAULT_ALPHA, clock=clock)])
+            print(f"honest latency_ms change per setting, {name}, {clock} clock: median {drift.median():.1f}%, "
+                  f"90th percentile {drift.quantile(0.9):.1f}%, max {drift.max():.1f}% (of {len(drift)})")
     table = []
+    variants = (("ref", "U test", lambda r: r), ("cpu", "U test", lambda r: r), ("wall", "U test", lambda r: r),
+                ("wall", "IQR bands", without_samples))
     for name, pairs in (("1 run", first), (f"{rounds} runs", every)):
         for alpha in [float(x) for x in args.alphas.split(",")]:
-            for evidence, prep in (("U test", lambda r: r), ("IQR bands", without_samples)):
-                honest = comparisons(pairs, prep, 1, alpha, args.fail_on)
+            for clock, evidence, prep in variants:
+                honest = comparisons(pairs, prep, 1, alpha, args.fail_on, clock)
                 failed = [c for c in honest if c.failed]
                 metrics = sorted({m for c in failed for m in c.regressions["metric"]})
                 flagged = sum(int((c.regressions["metric"] == "latency_ms").sum()) for c in honest)
-                row = {"side": name, "alpha": alpha, "evidence": evidence,
+                row = {"side": name, "alpha": alpha, "clock": clock, "evidence": evidence,
                        "honest fails": f"{len(failed)}/{len(pairs)} ({flagged}/{6 * len(pairs)})"
                        + (f" {', '.join(metrics)}" if metrics else "")}
                 all_fail = all_rows = None
                 for factor in factors:
-                    comps = comparisons(pairs, prep, factor, alpha, args.fail_on)
+                    comps = comparisons(pairs, prep, factor, alpha, args.fail_on, clock)
                     flagged = sum(int((c.regressions["metric"] == "latency_ms").sum()) for c in comps)
                     fails = sum(c.failed for c in comps)
                     row[f"x{factor:.2f}"] = f"{fails}/{len(pairs)} ({flagged}/{6 * len(pairs)})"
@@ -145,7 +159,8 @@ def main() -> None:
                 row["all rows from"] = f"x{all_rows:.2f}" if all_rows else "-"
                 table.append(row)
     print(f"\nrules: {', '.join(r.text() for r in parse_rules(args.fail_on).values())}")
-    print("comparisons that fail (of pairs); in brackets, latency rows flagged (of 6 settings x pairs):")
+    print("comparisons that fail (of pairs); in brackets, latency rows flagged (of 6 settings x pairs); "
+          "clock ref is the default (--clock auto):")
     print(pd.DataFrame(table).to_string(index=False))
 
 

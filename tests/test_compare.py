@@ -80,8 +80,9 @@ def edited(source, target, **changes) -> str:
     """``source`` (CSV or JSON) rewritten to ``target`` (CSV) with per-scheme column changes:
     ``changes = {scheme: {column: value or callable}}``."""
     frame = pd.read_json(source) if str(source).endswith(".json") else pd.read_csv(source)
-    if "latency_samples_ms" in frame and not isinstance(frame["latency_samples_ms"].iloc[0], str):
-        frame["latency_samples_ms"] = [" ".join(map(str, s)) for s in frame["latency_samples_ms"]]
+    for column in ("latency_samples_ms", "cpu_samples_ms"):
+        if column in frame and not isinstance(frame[column].iloc[0], str):
+            frame[column] = [" ".join(map(str, s)) for s in frame[column]]
     for scheme, columns in changes.items():
         for column, value in columns.items():
             rows = frame["scheme"] == scheme
@@ -137,8 +138,9 @@ def test_injected_changes_fail_naming_row_and_metric(runs, capsys, tmp_path) -> 
     assert "joint tiny 8x64/16 (status ok -> oom)" in line
     text = md.read_text()
     assert text.startswith("### ❌ vattn compare: 3 regressions")
-    assert "| `divided tiny 8x64/16` | gflops |" in text and "**↑ +30.0%**" in text
-    assert "**ok → oom**" in text
+    nb = "\u00a0"  # settings and changes do not break across lines in the rendered table
+    assert f"| `divided{nb}tiny{nb}8x64/16` | gflops |" in text and f"**↑{nb}+30.0%**" in text
+    assert f"**ok{nb}→{nb}oom**" in text
 
 
 def test_the_reverse_change_is_an_improvement(runs, capsys, tmp_path) -> None:
@@ -151,15 +153,34 @@ def test_the_reverse_change_is_an_improvement(runs, capsys, tmp_path) -> None:
     assert set(zip(improved["scheme"], improved["metric"])) == {("joint", "status"), ("divided", "gflops")}
 
 
+def _scaled(factor: float):
+    return lambda cells: [" ".join(f"{float(x) * factor:.4f}" for x in c.split()) for c in cells]
+
+
 def test_a_real_slowdown_with_samples_fails_on_the_u_test(runs, capsys, tmp_path) -> None:
     base, _ = runs
+    assert pd.read_csv(base)[["cpu_ms", "ref_cpu_ms"]].gt(0).all().all()  # profile times the reference
+    # The code got 50% slower: its wall-clock and CPU times rise, the reference's time does not.
     slow = edited(base, tmp_path / "slow.csv", divided={
-        "latency_ms": lambda v: v * 1.5,
-        "latency_samples_ms": lambda cells: [" ".join(f"{float(x) * 1.5:.4f}" for x in c.split()) for c in cells]})
+        "latency_ms": lambda v: v * 1.5, "latency_samples_ms": _scaled(1.5),
+        "cpu_ms": lambda v: v * 1.5, "cpu_samples_ms": _scaled(1.5)})
     code, out, err = vattn("compare", base, slow, "--json", "-", capsys=capsys)
     assert code == 1 and "divided tiny 8x64/16 (latency_ms +50.0%)" in one_line_error(err)
     row = next(r for r in json.loads(out) if r["verdict"] == REGRESSION)
-    assert row["p_value"] < 0.01 and row["evidence"].startswith("U test (exact, 10+10 samples)")
+    assert row["clock"] == "ref" and row["p_value"] < 0.01
+    assert row["evidence"].startswith("CPU/reference +50.0% (reference +0.0%, wall +50.0%); "
+                                      "U test (exact, 10+10 samples)")
+    # The machine got 50% slower (the reference too): the default clock cancels it, the wall clock fails.
+    machine = edited(base, tmp_path / "machine.csv", divided={
+        "latency_ms": lambda v: v * 1.5, "latency_samples_ms": _scaled(1.5), "cpu_ms": lambda v: v * 1.5,
+        "cpu_samples_ms": _scaled(1.5), "ref_cpu_ms": lambda v: v * 1.5})
+    code, out, err = vattn("compare", base, machine, "--json", "-", capsys=capsys)
+    assert code == 0, err
+    row = next(r for r in json.loads(out) if r["metric"] == "latency_ms" and r["scheme"] == "divided")
+    assert row["clock"] == "ref" and row["change_pct"] == pytest.approx(0, abs=0.01)
+    assert row["measured"] == pytest.approx(1.5 * row["baseline"], rel=1e-6)
+    code, _, err = vattn("compare", base, machine, "--clock", "wall", capsys=capsys)
+    assert code == 1 and "latency_ms +50.0%" in one_line_error(err)
 
 
 def test_folders_added_and_removed_rows_and_markdown_order(runs, capsys, tmp_path) -> None:
@@ -179,7 +200,7 @@ def test_folders_added_and_removed_rows_and_markdown_order(runs, capsys, tmp_pat
                                      "#### Added (1) and removed (1) rows", "#### Notes")]
     assert order == sorted(order)
     assert "- added: `joint tiny 8x64/16` (ok)" in text and "- removed: `axial tiny 8x64/16` (ok)" in text
-    assert "↓ -10.0%" in text and "notes.csv" in text
+    assert "↓\u00a0-10.0%" in text and "notes.csv" in text
     assert "rows matched on scheme, model, frames, size, patch," in text and "source" not in text.split("\n")[2]
 
 
@@ -217,6 +238,7 @@ def test_history_plots_png_and_svg_and_marks_failures(runs, capsys, tmp_path) ->
     (["{base}", "{base}", "--fail-on", "speed:+5%"], "speed"),
     (["{base}", "{base}", "--fail-on", "top1:+1"], "top1:-1"),
     (["{base}", "{base}", "--fail-on", "gflops:10x"], "METRIC:+N%"),
+    (["{base}", "{base}", "--clock", "fast"], "accepted: auto, ref, cpu, wall"),
     (["{base}", "{garbage}"], "garbage.json"),
     (["{base}", "{folder}"], "no result rows"),
 ])
@@ -238,7 +260,7 @@ def test_help_and_usage_errors_import_nothing_heavy(tmp_path) -> None:
     (tmp_path / "a.csv").write_text("scheme,gflops\nspace,1\n")
     cases = [["compare", "--help"], ["compare", "a.csv"], ["compare", "a.csv", "b.csv"],
              ["compare", "a.csv", "a.csv", "--fail-on", "speed:+1%"], ["compare", "a.csv", "a.csv", "--fail-on", "x"],
-             ["compare", "a.csv", "a.csv", "--alpha", "1.5"], ["compare", "a.csv", "a.csv", "--csv", "-", "--json", "-"],
+             ["compare", "a.csv", "a.csv", "--alpha", "1.5"], ["compare", "a.csv", "a.csv", "--clock", "x"], ["compare", "a.csv", "a.csv", "--csv", "-", "--json", "-"],
              ["compare", "--history", "a.csv", "--markdown", "-"], ["compare", "a.csv", "a.csv", "--out", "x"]]
     results = run_cases(cases, tmp_path)
     assert results[("compare", "--help")]["code"] == 0 and "--fail-on" in results[("compare", "--help")]["out"]
@@ -265,8 +287,9 @@ def results(rows: list[dict], name: str) -> Results:
     return Results(name, frame.assign(source=name), folder=False)
 
 
-def verdicts(base_rows: list[dict], cur_rows: list[dict], fail_on: str | None = None, alpha: float = 0.01) -> dict:
-    comp = compare(results(base_rows, "a.csv"), results(cur_rows, "b.csv"), parse_rules(fail_on), alpha)
+def verdicts(base_rows: list[dict], cur_rows: list[dict], fail_on: str | None = None, alpha: float = 0.01,
+             clock: str = "auto") -> dict:
+    comp = compare(results(base_rows, "a.csv"), results(cur_rows, "b.csv"), parse_rules(fail_on), alpha, clock)
     return {(r["scheme"], r["metric"]): r for _, r in comp.frame.iterrows()}
 
 
@@ -410,3 +433,86 @@ def test_repeated_runs_of_a_setting_are_pooled() -> None:
     oom = [dict(base[0]), {**base[1], "status": "oom"}, dict(base[2])]
     row = compare(results(base, "a"), results(oom, "b")).frame.set_index("metric").loc["status"]
     assert row["current"] == "oom" and row["verdict"] == REGRESSION  # the worst run's status
+
+
+def _timed(wall: float, cpu: float, ref: float | None, n: int = 12, **extra) -> dict:
+    """A timed row: wall-clock and CPU medians with their samples, the reference's CPU time."""
+    row = {"scheme": "s", "latency_ms": wall, "latency_iqr_ms": 0.1, "latency_samples_ms": _samples(wall, n=n),
+           "cpu_ms": cpu, "cpu_samples_ms": _samples(cpu, 0.1 * cpu, n=n), **extra}
+    if ref is not None:
+        row["ref_cpu_ms"] = ref
+    return row
+
+
+def test_the_reference_clock_cancels_a_slower_machine_and_keeps_a_slower_step() -> None:
+    base = [_timed(10.0, 8.0, 2.0, throughput=100.0)]
+    # Everything 40% slower, the reference too: the machine, not the code. Wall and CPU clocks fail.
+    machine = [_timed(14.0, 11.2, 2.8, throughput=100 / 1.4)]
+    found = verdicts(base, machine, "throughput:-10%")
+    latency = found[("s", "latency_ms")]
+    assert latency["clock"] == "ref" and latency["verdict"] == UNCHANGED
+    assert latency["current"] == pytest.approx(10.0) and latency["measured"] == 14.0
+    assert found[("s", "throughput")]["verdict"] == UNCHANGED
+    assert verdicts(base, machine, clock="wall")[("s", "latency_ms")]["verdict"] == REGRESSION
+    assert verdicts(base, machine, clock="cpu")[("s", "latency_ms")]["verdict"] == REGRESSION
+    # The step 15% slower in CPU time while the reference stays: a regression, whatever the wall
+    # clock did (here the machine got quieter and the wall clock fell).
+    step = [_timed(8.5, 9.2, 2.0, throughput=100 / 0.85)]
+    found = verdicts(base, step, "throughput:-10%")
+    latency, throughput = found[("s", "latency_ms")], found[("s", "throughput")]
+    assert latency["verdict"] == REGRESSION and latency["change_pct"] == pytest.approx(15.0)
+    assert latency["current"] == pytest.approx(11.5) and latency["measured"] == 8.5  # at the baseline's speed
+    assert latency["evidence"].startswith("CPU/reference +15.0% (reference +0.0%, wall -15.0%); U test")
+    assert throughput["verdict"] == REGRESSION and throughput["current"] == pytest.approx(100 / 1.15)
+    assert verdicts(base, step, clock="wall")[("s", "latency_ms")]["verdict"] == IMPROVEMENT
+    # Faster against the reference: an improvement; within the rule: unchanged.
+    assert verdicts(base, [_timed(10.0, 6.0, 2.0)])[("s", "latency_ms")]["verdict"] == IMPROVEMENT
+    assert verdicts(base, [_timed(12.0, 8.6, 2.0)])[("s", "latency_ms")]["verdict"] == UNCHANGED  # +7.5%
+
+
+def test_the_reference_clock_needs_evidence_and_falls_back_to_the_wall_clock() -> None:
+    base = [_timed(10.0, 8.0, 2.0)]
+    # +20% in reference units, but the CPU samples are the baseline's: no evidence.
+    noisy = [{**_timed(10.0, 9.6, 2.0), "cpu_samples_ms": _samples(8.0, 0.8)}]
+    found = verdicts(base, noisy)[("s", "latency_ms")]
+    assert found["clock"] == "ref" and found["verdict"] == UNCHANGED and ">= 0.01" in found["evidence"]
+    # An older file (no reference, no CPU time): the wall clock, and a note that says why.
+    old = [{"scheme": "s", "latency_ms": 12.0, "latency_iqr_ms": 0.1, "latency_samples_ms": _samples(12.0)}]
+    comp = compare(results(base, "a.csv"), results(old, "b.csv"))
+    row = comp.frame.set_index("metric").loc["latency_ms"]
+    assert row["clock"] == "wall" and row["verdict"] == REGRESSION
+    assert any("the wall clock in 1 of 1" in n for n in comp.notes)
+    assert any("lacks cpu_ms, ref_cpu_ms and cpu_samples_ms" in n for n in comp.notes)
+    no_samples = [{k: v for k, v in _timed(10.0, 9.6, 2.0).items() if k != "cpu_samples_ms"}]
+    assert verdicts(base, no_samples)[("s", "latency_ms")]["clock"] == "wall"
+    assert verdicts(base, [_timed(10.0, 9.6, None)], clock="cpu")[("s", "latency_ms")]["clock"] == "cpu"
+    assert "--clock auto" in compare(results(base, "a"), results(base, "b")).markdown()
+
+
+def test_rounds_are_judged_per_run_on_the_reference_clock() -> None:
+    """Each round is put in reference units first (its own machine speed), then the median run."""
+    base = [_timed(10.0, 8.0, r) for r in (2.0, 2.4, 2.0)]            # 4.0, 3.33, 4.0 units
+    cur = [_timed(13.0, 8.0 * f, 2.0 * f) for f in (1.0, 1.3, 1.1)]   # the machine drifts: 4.0 units each
+    comp = compare(results(base, "a"), results(cur, "b"))
+    row = comp.frame.set_index("metric").loc["latency_ms"]
+    assert row["clock"] == "ref" and row["verdict"] == UNCHANGED and row["change_pct"] == pytest.approx(0.0)
+    assert "36+36 samples" not in row["evidence"]  # within the rule: no test needed
+    slower = [_timed(13.0, 8.0 * f * 1.2, 2.0 * f) for f in (1.0, 1.3, 1.1)]
+    row = compare(results(base, "a"), results(slower, "b")).frame.set_index("metric").loc["latency_ms"]
+    assert row["verdict"] == REGRESSION and row["change_pct"] == pytest.approx(20.0) and "36+36 samples" in row["evidence"]
+
+
+def test_time_step_times_the_reference_beside_every_run() -> None:
+    from vattn_cli.measure.timing import time_step
+
+    calls = []
+    timing = time_step(lambda: calls.append("step"), repeats=5, reference=lambda: calls.append("ref"))
+    assert len(timing.cpu_s) == len(timing.ref_cpu_s) == len(timing.times_s) == 5
+    assert timing.ref_cpu_ms is not None and timing.cpu_ms is not None
+    # one warm-up (it sizes the reference), 3 reference runs (its length), then each timed step
+    # followed by the same number of reference runs (about half the step's CPU time, 1 to 16)
+    assert calls[:4] == ["step", "ref", "ref", "ref"]
+    blocks = "".join("s" if c == "step" else "r" for c in calls[4:]).split("s")[1:]
+    assert len(blocks) == 5 and len(set(blocks)) == 1 and 1 <= len(blocks[0]) <= 16
+    plain = time_step(lambda: None, repeats=3)
+    assert plain.ref_cpu_s == [] and plain.ref_cpu_ms is None and len(plain.cpu_s) == 3

@@ -10,12 +10,15 @@
 #
 # The base commit's code is exported with `git archive` (the repository is not touched) and run
 # from that copy with this environment's dependencies. The two sides alternate, ROUNDS times
-# (base, change, base, change, ...), each round a fresh process: `vattn compare` takes each
-# metric's median over a side's rounds and pools their samples, so one run disturbed by a busy
-# runner moves nothing, and a change in the runner's speed hits both sides alike. Timing uses
-# --threads 1 (much steadier on a shared runner) and --samples (the U test); a base commit that
-# predates --samples is profiled without it and the gate falls back to IQR bands. Settings run
-# for about 5 ms or more: below 1-2 ms a fresh process's latency varies by tens of percent.
+# (base, change, base, change, ...), each round a fresh process: `vattn compare` judges each round
+# on its own, takes the median round per setting and pools the samples for the U test, so one run
+# disturbed by a busy runner moves nothing. Within a run, profile times a fixed reference workload
+# (plain torch, no vattn code) after every timed step, and the gate judges the step's CPU time in
+# units of that reference (`--clock auto`): a runner that got slower between the two sides slows
+# both, and cancels. Timing uses --threads 1 (the CPU time of one thread is the step's work) and
+# --samples (the U test). A base commit whose profile predates the reference (or --samples) is
+# judged on the wall clock, and the report's notes say so: expect that noise on the first run.
+# Settings run for about 5 ms or more: near 1 ms a fresh process's timing varies by tens of percent.
 set -euo pipefail
 
 BASE_REF="${1:-origin/main}"

@@ -13,10 +13,13 @@ import typer
 
 from vattn_cli.errors import RunError, UsageError
 from vattn_cli.report.compare import (
+    CLOCKS,
     DEFAULT_ALPHA,
+    DEFAULT_CLOCK,
     DEFAULT_FAIL_ON,
     METRICS,
     check_alpha,
+    check_clock,
     check_paths,
     parse_rules,
 )
@@ -51,6 +54,12 @@ def compare_command(
     alpha: float = typer.Option(None, "--alpha",
                                 help="Significance level of the one-sided Mann-Whitney U test that a timing "
                                      f"change needs beside its rule (default: {DEFAULT_ALPHA:g})."),
+    clock: str = typer.Option(None, "--clock",
+                              help="What timing (latency_ms, throughput) is judged on: ref (the step's CPU time "
+                                   "in units of the reference workload timed beside it, which cancels a machine "
+                                   "that got slower between the runs), cpu (CPU time), wall (wall clock), or "
+                                   f"auto (ref where both rows have it, else wall). Accepted: {', '.join(CLOCKS)} "
+                                   f"(default: {DEFAULT_CLOCK})."),
     strict: bool = typer.Option(False, "--strict",
                                 help="A machine or software difference between the files (machine, device_name, "
                                      "torch_version, vattn_version, threads) is an error (exit 2), not a warning."),
@@ -73,8 +82,10 @@ def compare_command(
     Rows are matched on their setting (scheme, model, frames, size, patch, batch, mode, dtype,
     device, and tubelet, dataset, seed, pos_embed, views where present). Per metric a rule; a
     timing change (latency_ms, throughput) counts only with statistical evidence too (U test on
-    latency_samples_ms, or non-overlapping IQR bands without samples). ok -> oom/error is always
-    a regression. The table goes to stderr.
+    latency_samples_ms, or non-overlapping IQR bands without samples), on the clock --clock says:
+    by default the step's CPU time in units of the reference workload profile times beside it, so
+    a runner that got slower between the two runs does not fail the gate. ok -> oom/error is
+    always a regression. The table goes to stderr.
 
     Example: vattn compare main.csv pr.csv --markdown "$GITHUB_STEP_SUMMARY"
 
@@ -86,6 +97,7 @@ def compare_command(
     fail_on_text = fail_on
     parse_rules(fail_on_text)  # bad rules fail before a file is read
     level = check_alpha(alpha) if alpha is not None else DEFAULT_ALPHA
+    clock = check_clock(clock) if clock is not None else DEFAULT_CLOCK
     _outputs(csv, json_path, markdown)
     if history:
         if markdown is not None:
@@ -95,7 +107,7 @@ def compare_command(
             raise UsageError("no files given; --history takes result files in time order: "
                              "vattn compare --history A.csv B.csv C.csv")
         check_paths(files)
-        _history(files, fail_on_text, level, out, csv, json_path, quiet)
+        _history(files, fail_on_text, level, out, csv, json_path, quiet, clock)
         return
     if out is not None:
         raise UsageError("invalid --out without --history; compare writes --csv, --json or --markdown")
@@ -117,7 +129,7 @@ def compare_command(
         write_frame,
     )
 
-    result = compare_paths(files[0], files[1], fail_on=fail_on_text, alpha=level, strict=strict)
+    result = compare_paths(files[0], files[1], fail_on=fail_on_text, alpha=level, strict=strict, clock=clock)
     if not quiet:
         shown = display_frame(result)
         title = f"vattn compare {files[0]} {files[1]}: " + (
@@ -143,12 +155,12 @@ def compare_command(
 
 
 def _history(files: list[str], fail_on: str | None, alpha: float, out: str | None, csv: str | None,
-             json_path: str | None, quiet: bool) -> None:
+             json_path: str | None, quiet: bool, clock: str = DEFAULT_CLOCK) -> None:
     from vattn_cli.report.compare import history, history_frame
     from vattn_cli.report.tables import write_frame
 
     stem = _history_stem(out)
-    hist = history(files, fail_on=fail_on, alpha=alpha)
+    hist = history(files, fail_on=fail_on, alpha=alpha, clock=clock)
 
     from vattn_cli.report.compare_plots import history_figure, history_summary
 

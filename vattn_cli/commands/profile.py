@@ -27,12 +27,13 @@ Samples = samples_flag("the --csv rows (--json rows always have them)")
 
 
 def csv_frame(frame, samples: bool):
-    """The rows as CSV writes them: samples as space-separated ms with ``samples``, else left out."""
-    from vattn_cli.measure.setting import SAMPLES_COLUMN, format_samples
+    """The rows as CSV writes them: samples (wall and CPU) as space-separated ms with ``samples``, else left out."""
+    from vattn_cli.measure.setting import CPU_SAMPLES_COLUMN, SAMPLES_COLUMN, format_samples
 
+    columns = [c for c in (SAMPLES_COLUMN, CPU_SAMPLES_COLUMN) if c in frame.columns]
     if not samples:
-        return frame.drop(columns=[SAMPLES_COLUMN], errors="ignore")
-    return frame.assign(**{SAMPLES_COLUMN: frame[SAMPLES_COLUMN].map(format_samples)})
+        return frame.drop(columns=columns)
+    return frame.assign(**{c: frame[c].map(format_samples) for c in columns})
 
 
 def _peak_value(text: str | None) -> float | str | None:
@@ -154,7 +155,11 @@ def profile(
                                 device=torch_device.type, runs=len(settings))
     from vattn_cli.ablate.measuring import measure_settings
 
-    rows = measure_settings(settings, flags.measures, flags.options, launch, lambda row: None,
+    import dataclasses
+
+    # profile times the reference workload beside each timed run: vattn compare's default clock
+    options = dataclasses.replace(flags.options, reference=True)
+    rows = measure_settings(settings, flags.measures, options, launch, lambda row: None,
                             peak_tflops=peaks, max_memory=flags.max_memory, timeout_s=timeout, isolate=isolate,
                             progress=show_progress, flops_cache=cache,
                             out=Path(".vattn-profile") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
@@ -163,7 +168,9 @@ def profile(
     frame = m.rows_frame(rows, with_mfu=peaks is not None)
     to_stdout = "-" in (csv, json_path)
     title = f"vattn profile ({torch_device.type})"
-    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN]  # in the files, not in the table
+    from vattn_cli.measure.setting import TIMING_DETAIL_COLUMNS
+
+    hidden = [*m.PROVENANCE_COLUMNS, m.SAMPLES_COLUMN, *TIMING_DETAIL_COLUMNS]  # in the files, not the table
     if not quiet:
         (stderr_console if to_stdout else stdout_console).print(
             rich_table(frame, title=title, columns=[c for c in frame.columns if c not in hidden]))

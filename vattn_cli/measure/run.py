@@ -19,7 +19,9 @@ import torch
 from vattn_cli.measure.flops import FlopCount, count_model_flops
 from vattn_cli.measure.memory import PeakMemory, is_oom, release_free_memory
 from vattn_cli.measure.provenance import provenance
-from vattn_cli.measure.setting import MEASURES, ROW_COLUMNS, SAMPLES_COLUMN, RunOptions, Setting
+from vattn_cli.measure.setting import (
+    CPU_SAMPLES_COLUMN, MEASURES, ROW_COLUMNS, SAMPLES_COLUMN, RunOptions, Setting,
+)
 from vattn_cli.measure.timing import Timing, time_step
 
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,6 +37,7 @@ def empty_row(setting: Setting, threads: int | None = None) -> dict[str, Any]:
     row["status"] = "ok"
     row.update(provenance(setting.device, threads))
     row[SAMPLES_COLUMN] = []  # no timed run (yet)
+    row.update({"cpu_ms": None, "ref_cpu_ms": None, CPU_SAMPLES_COLUMN: []})
     return row
 
 
@@ -160,8 +163,15 @@ def _measure(setting: Setting, measures: Sequence[str], options: RunOptions, pea
                 model = setting.create_model()
             step = make_step(setting, model)
             if "latency" in measures:
+                reference = None
+                if options.reference and device.type == "cpu":
+                    from vattn_cli.measure.reference import make_reference
+
+                    reference = make_reference()
                 timing: Timing = time_step(step, device, warmup=options.warmup, repeats=options.repeats,
-                                           budget_s=options.budget_s, batch=setting.batch)
+                                           budget_s=options.budget_s, batch=setting.batch, reference=reference)
+                row["cpu_ms"], row["ref_cpu_ms"] = timing.cpu_ms, timing.ref_cpu_ms
+                row[CPU_SAMPLES_COLUMN] = timing.cpu_samples_ms
                 row["latency_ms"], row["latency_iqr_ms"] = timing.median_ms, timing.iqr_ms
                 row["throughput"], row["repeats"] = timing.throughput, len(timing.times_s)
                 row["timed_s"], row[SAMPLES_COLUMN] = timing.total_s, timing.samples_ms

@@ -28,6 +28,12 @@ LATER_ROW_COLUMNS = ("tubelet",)
 PROVENANCE_COLUMNS = ["vattn_version", "torch_version", "device_name", "threads", "machine"]
 #: Every timed run's latency in ms: a list in JSON (always), space-separated in CSV (``--samples``).
 SAMPLES_COLUMN = "latency_samples_ms"
+#: Every timed run's process CPU time in ms (CPU rows), kept like :data:`SAMPLES_COLUMN`.
+CPU_SAMPLES_COLUMN = "cpu_samples_ms"
+#: Columns a CPU row adds after :data:`EXTRA_COLUMNS` (profile's files; not in ``tokens.csv``):
+#: median CPU time of a timed run, median CPU time of one reference run (:mod:`vattn_cli.measure.reference`),
+#: every run's CPU time. ``vattn compare`` judges CPU rows on ``cpu_ms / ref_cpu_ms``.
+TIMING_DETAIL_COLUMNS = ["cpu_ms", "ref_cpu_ms", CPU_SAMPLES_COLUMN]
 #: Extra columns ``profile`` adds after the contract's (additive; new ones go at the end).
 EXTRA_COLUMNS = ["mfu", "repeats", "timed_s", "wall_s", *PROVENANCE_COLUMNS, SAMPLES_COLUMN]
 
@@ -113,6 +119,7 @@ class RunOptions:
     budget_s: float = 5.0
     seed: int = 0
     threads: int | None = None  # torch threads in a worker; None: torch's default
+    reference: bool = False  # CPU: time the fixed reference workload after each timed run (profile)
 
 
 def row_key(row: dict[str, Any]) -> tuple:

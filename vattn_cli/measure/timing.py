@@ -6,6 +6,11 @@ inter-quartile range resist the odd slow run that a shared machine produces; the
 
 ``repeats="auto"`` works like ``timeit``'s autorange: the warm-up runs say how long one run
 takes, and the repeats fill a time budget, between a floor (enough for quartiles) and a ceiling.
+
+On CPU each run's process CPU time is kept too (``time.process_time``: it does not count the time
+spent waiting for a core on a busy machine), and with a ``reference`` workload
+(:mod:`vattn_cli.measure.reference`) each timed run is followed by a few runs of it, so that
+``vattn compare`` can judge the step in units of a reference measured in the same seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import torch
 
 from vattn_cli.measure.parsing import parse_repeats  # noqa: F401 (torch-free home, re-exported)
 
+#: The reference runs after each timed run take about this share of the step's CPU time (at least one).
+REFERENCE_SHARE = 0.5
+REFERENCE_MAX_UNITS = 16
 #: ``--repeats auto`` bounds: at least this many runs (quartiles need a few) and at most this.
 AUTO_MIN_REPEATS = 3
 AUTO_MAX_REPEATS = 200
@@ -32,6 +40,8 @@ class Timing:
     times_s: list[float]
     batch: int
     warmup_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # process CPU time of each timed run (CPU only)
+    ref_cpu_s: list[float] = field(default_factory=list)  # CPU time of one reference run, after each timed run
 
     @property
     def median_ms(self) -> float:
@@ -41,6 +51,21 @@ class Timing:
     def samples_ms(self) -> list[float]:
         """Every timed run, in ms, in the order they ran (the ``latency_samples_ms`` column)."""
         return [1e3 * t for t in self.times_s]
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """Median process CPU time of a timed run (None where not measured: CUDA)."""
+        return 1e3 * statistics.median(self.cpu_s) if self.cpu_s else None
+
+    @property
+    def cpu_samples_ms(self) -> list[float]:
+        """Every timed run's CPU time in ms, in order (the ``cpu_samples_ms`` column)."""
+        return [1e3 * t for t in self.cpu_s]
+
+    @property
+    def ref_cpu_ms(self) -> float | None:
+        """Median CPU time of one reference run (None without a reference)."""
+        return 1e3 * statistics.median(self.ref_cpu_s) if self.ref_cpu_s else None
 
     @property
     def iqr_ms(self) -> float:
@@ -67,10 +92,12 @@ def auto_repeats(one_run_s: float, budget_s: float) -> int:
     return max(AUTO_MIN_REPEATS, min(AUTO_MAX_REPEATS, math.floor(budget_s / one_run_s)))
 
 
-def _cpu_clock(step: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
+def _cpu_clocks(step: Callable[[], object], times: int = 1) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``times`` runs of ``step``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(times):
+        step()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _cuda_clock(step: Callable[[], object]) -> float:  # untested here: no GPU on CI
@@ -89,16 +116,35 @@ def time_step(
     repeats: int | str = "auto",
     budget_s: float = 5.0,
     batch: int = 1,
+    reference: Callable[[], object] | None = None,
 ) -> Timing:
     """Run ``step`` ``warmup`` times untimed-for-stats, then ``repeats`` timed runs.
 
-    With ``repeats="auto"`` at least one warm-up runs (it measures the run length).
+    With ``repeats="auto"`` at least one warm-up runs (it measures the run length). On CPU every
+    timed run's CPU time is kept; with ``reference``, each timed run is followed by ``units``
+    reference runs (about :data:`REFERENCE_SHARE` of the step's CPU time), whose CPU time per
+    run is kept beside it. The reference counts in ``budget_s``.
     """
-    clock = _cuda_clock if torch.device(device).type == "cuda" else _cpu_clock
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    warm = [clock(step) for _ in range(max(warmup, 1 if repeats == "auto" else 0))]
+        warm = [_cuda_clock(step) for _ in range(max(warmup, 1 if repeats == "auto" else 0))]
+        if repeats == "auto":
+            repeats = auto_repeats(min(warm), budget_s)
+        return Timing(times_s=[_cuda_clock(step) for _ in range(int(repeats))], batch=batch, warmup_s=warm)
+    warm_runs = [_cpu_clocks(step) for _ in range(max(warmup, 1 if (repeats == "auto" or reference) else 0))]
+    warm = [w for w, _ in warm_runs]
+    units, one_ref = 0, 0.0
+    if reference is not None:
+        one_ref = min(_cpu_clocks(reference)[1] for _ in range(3))
+        step_cpu = min(c for _, c in warm_runs)
+        units = max(1, min(REFERENCE_MAX_UNITS, round(REFERENCE_SHARE * step_cpu / max(one_ref, 1e-9))))
     if repeats == "auto":
-        repeats = auto_repeats(min(warm), budget_s)
-    times = [clock(step) for _ in range(int(repeats))]
-    return Timing(times_s=times, batch=batch, warmup_s=warm)
+        repeats = auto_repeats(min(warm) + units * one_ref, budget_s)
+    times, cpu, ref = [], [], []
+    for _ in range(int(repeats)):
+        wall_s, cpu_s = _cpu_clocks(step)
+        times.append(wall_s)
+        cpu.append(cpu_s)
+        if units:
+            ref.append(_cpu_clocks(reference, units)[1] / units)
+    return Timing(times_s=times, batch=batch, warmup_s=warm, cpu_s=cpu, ref_cpu_s=ref)

@@ -8,9 +8,18 @@ matches rows on their setting key, and judges each metric by a rule:
   (``latency_ms:+10%``), in the metric's worse direction (costs are worse when higher; throughput,
   mfu and accuracies when lower);
 - a timing metric (``latency_ms``, ``throughput``) regresses only with statistical evidence too:
-  a one-sided Mann-Whitney U test on ``latency_samples_ms`` where both rows carry samples, else
+  a one-sided Mann-Whitney U test on the samples where both rows carry them, else
   non-overlapping inter-quartile bands (``latency_ms +- latency_iqr_ms / 2``, or the quartile
   columns ``latency_q1_ms``/``latency_q3_ms`` where present);
+- a timing metric is judged on a *clock* (``--clock``). ``wall``: the wall-clock latency and its
+  samples, as measured. ``ref`` (what ``auto`` picks where both rows have it): the step's process
+  CPU time in units of the fixed reference workload timed beside it in the same seconds
+  (``cpu_ms / ref_cpu_ms``, samples ``cpu_samples_ms / ref_cpu_ms``; see
+  :mod:`vattn_cli.measure.reference`), so that a machine that got slower between the two runs
+  (the usual cause of a false alarm on a shared runner) moves both and cancels. ``cpu``: the CPU
+  time alone. The judged ``current`` value is then the current run's latency (throughput) at the
+  baseline run's machine speed: ``baseline x (judged current / judged baseline)``; ``measured``
+  keeps the raw value;
 - a row whose status goes from ``ok`` to ``oom`` or ``error`` is a regression, the reverse an
   improvement.
 
@@ -58,12 +67,19 @@ KEY_COLUMNS = ("scheme", "model", "frames", "size", "patch", "tubelet", "batch",
 #: Where the rows came from: a difference is a warning (an error with ``strict``).
 PROVENANCE_COLUMNS = ("machine", "device_name", "torch_version", "vattn_version", "threads")
 SAMPLES_COLUMN = "latency_samples_ms"
+CPU_SAMPLES_COLUMN = "cpu_samples_ms"
+#: How a timing metric is judged (``--clock``): ``auto`` is ``ref`` where both rows have the
+#: reference workload's time and CPU samples, else ``wall``.
+CLOCKS = ("auto", "ref", "cpu", "wall")
+DEFAULT_CLOCK = "auto"
+CLOCK_TEXT = {"ref": "CPU time in reference units", "cpu": "CPU time", "wall": "the wall clock"}
+CLOCK_NEEDS = {"ref": "cpu_ms, ref_cpu_ms and cpu_samples_ms", "cpu": "cpu_ms and cpu_samples_ms"}
 #: Verdicts of a comparison row.
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
 ADDED, REMOVED, UNMEASURED = "added", "removed", "unmeasured"
 #: Result frame columns after the key columns.
 RESULT_COLUMNS = ["setting", "metric", "baseline", "current", "change", "change_pct", "rule", "p_value",
-                  "evidence", "verdict"]
+                  "evidence", "verdict", "clock", "measured"]
 
 _FORMS = "METRIC:+N% or METRIC:+N (absolute), sign optional, or METRIC:off"
 _NUMBER = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(%?)$")
@@ -153,6 +169,12 @@ def parse_rules(text: str | None, defaults: str = DEFAULT_FAIL_ON) -> dict[str, 
             rule = parse_rule(item)
             rules[rule.metric] = rule
     return rules
+
+
+def check_clock(clock: str) -> str:
+    if clock not in CLOCKS:
+        raise UsageError(f"invalid --clock {clock!r}; accepted: {', '.join(CLOCKS)}")
+    return clock
 
 
 def check_alpha(alpha: float) -> float:
@@ -267,7 +289,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise UsageError(f"cannot read results {str(path)!r}: expected a JSON list of rows (objects)")
             return pd.DataFrame(data)
-        return pd.read_csv(path, dtype={SAMPLES_COLUMN: str, "status": str})
+        return pd.read_csv(path, dtype={SAMPLES_COLUMN: str, CPU_SAMPLES_COLUMN: str, "status": str})
     except UsageError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -391,7 +413,8 @@ class Comparison:
     matched: int
     warnings: list[str]
     mismatches: list[str]  # provenance differences (warnings unless strict)
-    notes: list[str] = field(default_factory=list)  # pooled runs, skipped files
+    notes: list[str] = field(default_factory=list)  # pooled runs, skipped files, clocks used
+    clock: str = DEFAULT_CLOCK  # --clock: how timing metrics were judged
 
     def rows(self, verdict: str) -> pd.DataFrame:
         return self.frame[self.frame["verdict"] == verdict]
@@ -485,7 +508,31 @@ def pool_runs(rows: pd.DataFrame) -> dict[str, Any]:
         out["latency_q1_ms"], out["latency_q3_ms"] = median(b[0] for b in bands), median(b[1] for b in bands)
     samples = [parse_samples(v) for v in rows[SAMPLES_COLUMN]] if SAMPLES_COLUMN in rows.columns else []
     out[SAMPLES_COLUMN] = [v for run in samples for v in run] if samples and all(samples) else None
+    for clock in ("cpu", "ref"):  # each run judged on its own clock first, then the median run
+        out[f"_{clock}"] = median(rows[f"_{clock}"])
+        runs = list(rows[f"_{clock}_samples"])
+        out[f"_{clock}_samples"] = [v for run in runs for v in run] if all(runs) else None
+    for column in ("cpu_ms", "ref_cpu_ms"):
+        if column in rows.columns:
+            out[column] = median(rows[column])
     return out
+
+
+def _clock_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row's CPU time (``_cpu``) and its CPU time in reference units (``_ref``), with their
+    samples (``_cpu_samples``, ``_ref_samples``: None where the row lacks them)."""
+    cpu = [_number(v) for v in frame["cpu_ms"]] if "cpu_ms" in frame.columns else [math.nan] * len(frame)
+    ref = [_number(v) for v in frame["ref_cpu_ms"]] if "ref_cpu_ms" in frame.columns else [math.nan] * len(frame)
+    cells = frame[CPU_SAMPLES_COLUMN] if CPU_SAMPLES_COLUMN in frame.columns else [None] * len(frame)
+    cpu_samples = [parse_samples(v) for v in cells]
+    usable = [math.isfinite(r) and r > 0 for r in ref]
+    frame = frame.copy()
+    frame["_cpu"] = cpu
+    frame["_cpu_samples"] = cpu_samples
+    frame["_ref"] = [c / r if ok else math.nan for c, r, ok in zip(cpu, ref, usable)]
+    frame["_ref_samples"] = [[v / r for v in samples] if ok and samples else None
+                             for samples, r, ok in zip(cpu_samples, ref, usable)]
+    return frame
 
 
 def _prepared(results: Results, keys: Sequence[str], role: str, notes: list[str],
@@ -495,7 +542,7 @@ def _prepared(results: Results, keys: Sequence[str], role: str, notes: list[str]
     rows of different settings that the key does not tell apart look like that."""
     import pandas as pd
 
-    frame = results.frame.copy()
+    frame = _clock_columns(results.frame)
     for col in keys:
         frame[col] = [_key_value(v) for v in frame[col]] if col in frame.columns else ""
     frame["_key"] = list(zip(*(frame[c] for c in keys))) if keys else [()] * len(frame)
@@ -521,10 +568,9 @@ def _prepared(results: Results, keys: Sequence[str], role: str, notes: list[str]
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def _evidence_samples(base: pd.Series, cur: pd.Series, direction: int, alpha: float) -> tuple[bool, float, str]:
-    """U test on the latency samples; ``direction`` +1: is current slower? -1: is it faster?"""
-    b, c = parse_samples(base.get(SAMPLES_COLUMN)), parse_samples(cur.get(SAMPLES_COLUMN))
-    assert b is not None and c is not None
+def _evidence_samples(b: Sequence[float], c: Sequence[float], direction: int,
+                      alpha: float) -> tuple[bool, float, str]:
+    """U test on two sides' samples; ``direction`` +1: is current slower? -1: is it faster?"""
     x, y = (c, b) if direction > 0 else (b, c)
     _, p, method = mann_whitney_greater(x, y)
     sign = "<" if p < alpha else ">="
@@ -551,30 +597,72 @@ def _evidence_bands(base: pd.Series, cur: pd.Series, direction: int) -> tuple[bo
     return apart, f"IQR bands {word}: {b[0]:.4g}-{b[1]:.4g} vs {c[0]:.4g}-{c[1]:.4g} ms"
 
 
-def judge_metric(rule: Rule, base: pd.Series, cur: pd.Series, alpha: float) -> dict[str, Any]:
-    """One metric of one matched row: change, evidence, verdict."""
+def _clock_samples(row: pd.Series, clock: str) -> list[float] | None:
+    if clock == "wall":
+        return parse_samples(row.get(SAMPLES_COLUMN))
+    value = row.get(f"_{clock}_samples")
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) and len(value) else None
+
+
+def clock_for(clock: str, base: pd.Series, cur: pd.Series) -> str:
+    """The clock a timing metric of this row pair is judged on: ``clock``, or ``wall`` where a
+    row lacks what it needs (CPU time, the reference's time, their samples); ``auto``: ``ref``."""
+    if clock == "wall":
+        return "wall"
+    wanted = "ref" if clock == "auto" else clock
+    usable = all(math.isfinite(_number(row.get(f"_{wanted}"))) and _number(row.get(f"_{wanted}")) > 0
+                 and _clock_samples(row, wanted) for row in (base, cur))
+    return wanted if usable else "wall"
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{100 * (after / before - 1):+.1f}%" if before else "-"
+
+
+def judge_metric(rule: Rule, base: pd.Series, cur: pd.Series, alpha: float,
+                 clock: str = DEFAULT_CLOCK) -> dict[str, Any]:
+    """One metric of one matched row: change, evidence, verdict.
+
+    A timing metric on the ``ref`` or ``cpu`` clock (:func:`clock_for`) is judged as the current
+    run's value at the baseline run's machine speed: the baseline's measured value times the
+    judged clock's ratio (its inverse for throughput); ``measured`` keeps the raw value."""
     metric = rule.metric
     b, c = _number(base.get(metric)), _number(cur.get(metric))
     out: dict[str, Any] = {"metric": metric, "baseline": b, "current": c, "rule": rule.limit_text(),
-                           "p_value": math.nan, "evidence": ""}
+                           "p_value": math.nan, "evidence": "", "clock": "", "measured": c}
     if not (math.isfinite(b) and math.isfinite(c)):
         where = "baseline" if math.isfinite(b) else "current" if math.isfinite(c) else None
         out.update(change=math.nan, change_pct=math.nan, verdict=UNMEASURED,
                    evidence=f"measured in the {where} only" if where else "not measured")
         return out
+    used = clock_for(clock, base, cur) if metric in TIMING_METRICS else ""
+    drift = ""
+    if used in ("ref", "cpu"):
+        lb, lc = _number(base[f"_{used}"]), _number(cur[f"_{used}"])
+        slowdown = lc / lb
+        c = b * slowdown if metric == "latency_ms" else b / slowdown
+        out["current"] = c
+        if used == "ref":
+            drift = (f"CPU/reference {_pct(lb, lc)} (reference "
+                     f"{_pct(_number(base.get('ref_cpu_ms')), _number(cur.get('ref_cpu_ms')))}, wall "
+                     f"{_pct(b, out['measured'])})")
+        else:
+            drift = f"CPU time {_pct(lb, lc)} (wall {_pct(b, out['measured'])})"
+    out["clock"] = used
     out["change"] = c - b
     out["change_pct"] = 100.0 * (c - b) / abs(b) if b else (0.0 if c == b else math.copysign(math.inf, c - b))
     side = rule.beyond(rule.worse_by(b, c))
     verdict = {1: REGRESSION, -1: IMPROVEMENT, 0: UNCHANGED}[side]
     if side and metric in TIMING_METRICS:
         slower = side  # worse latency and worse (lower) throughput both mean slower
-        if parse_samples(base.get(SAMPLES_COLUMN)) and parse_samples(cur.get(SAMPLES_COLUMN)):
-            significant, p, text = _evidence_samples(base, cur, slower, alpha)
+        b_samples, c_samples = _clock_samples(base, used), _clock_samples(cur, used)
+        if b_samples and c_samples:
+            significant, p, text = _evidence_samples(b_samples, c_samples, slower, alpha)
             out["p_value"] = p
         else:
             banded = _evidence_bands(base, cur, slower)
             significant, text = banded if banded else (True, "threshold only: no samples or IQR in both rows")
-        out["evidence"] = text
+        out["evidence"] = f"{drift}; {text}" if drift else text
         if not significant:
             verdict = UNCHANGED
     elif side:
@@ -596,7 +684,7 @@ def _provenance(base: pd.DataFrame, cur: pd.DataFrame) -> list[str]:
 
 
 def compare(baseline: Results, current: Results, rules: Mapping[str, Rule] | None = None,
-            alpha: float = DEFAULT_ALPHA) -> Comparison:
+            alpha: float = DEFAULT_ALPHA, clock: str = DEFAULT_CLOCK) -> Comparison:
     """Match ``baseline`` and ``current`` rows and judge every ruled metric of each match.
 
     Raises :class:`UsageError` when the inputs share no setting or one holds two rows of a setting.
@@ -605,6 +693,7 @@ def compare(baseline: Results, current: Results, rules: Mapping[str, Rule] | Non
 
     rules = dict(rules if rules is not None else parse_rules(None))
     alpha = check_alpha(alpha)
+    clock = check_clock(clock)
     bcols, ccols = set(baseline.frame.columns), set(current.frame.columns)
     keys = [c for c in KEY_COLUMNS if c in bcols and c in ccols]
     warnings: list[str] = []
@@ -657,7 +746,7 @@ def compare(baseline: Results, current: Results, rules: Mapping[str, Rule] | Non
         if b_status != "ok" or c_status != "ok":
             continue
         for rule in applicable:
-            judged = judge_metric(rule, b_row, c_row, alpha)
+            judged = judge_metric(rule, b_row, c_row, alpha, clock)
             if judged["verdict"] == UNMEASURED:
                 if judged["evidence"] != "not measured":
                     unmeasured[rule.metric] = unmeasured.get(rule.metric, 0) + 1
@@ -672,6 +761,15 @@ def compare(baseline: Results, current: Results, rules: Mapping[str, Rule] | Non
                     "baseline": _key_value(b_rows[key].get("status")) or "ok"})
     for metric, count in unmeasured.items():
         warnings.append(f"{metric} is measured on one side only in {count} matched row{'s' if count != 1 else ''}")
+    clocks = [o["clock"] for o in out if o.get("metric") in TIMING_METRICS and o.get("clock")]
+    if clocks:
+        used = {c: clocks.count(c) for c in dict.fromkeys(clocks)}
+        text = ", ".join(f"{CLOCK_TEXT[c]} in {n} of {len(clocks)}" for c, n in used.items())
+        notes.append(f"timing judged on {text} comparisons (--clock {clock})")
+        if clock != "wall" and "wall" in used:
+            wanted = "ref" if clock == "auto" else clock
+            notes.append(f"the wall clock where a row lacks {CLOCK_NEEDS[wanted]} (profile --samples or --json "
+                         "keeps the samples)")
     common_set = set(common)
     mismatches = _provenance(base[[k in common_set for k in base["_key"]]], cur[[k in common_set for k in cur["_key"]]])
     frame = pd.DataFrame(out, columns=keys + RESULT_COLUMNS)
@@ -679,16 +777,17 @@ def compare(baseline: Results, current: Results, rules: Mapping[str, Rule] | Non
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order[frame["verdict"].iloc[i]])]
     return Comparison(baseline=baseline.path, current=current.path, frame=frame.reset_index(drop=True),
                       key_columns=keys, rules=rules, alpha=alpha, matched=len(common), warnings=warnings,
-                      mismatches=mismatches, notes=notes)
+                      mismatches=mismatches, notes=notes, clock=clock)
 
 
 def compare_paths(baseline: str, current: str, fail_on: str | None = None, alpha: float = DEFAULT_ALPHA,
-                  strict: bool = False) -> Comparison:
+                  strict: bool = False, clock: str = DEFAULT_CLOCK) -> Comparison:
     """Read two inputs and compare them; with ``strict`` a provenance mismatch is a UsageError."""
     rules = parse_rules(fail_on)
     alpha = check_alpha(alpha)
+    clock = check_clock(clock)
     check_paths([baseline, current])
-    result = compare(read_results(baseline), read_results(current), rules, alpha)
+    result = compare(read_results(baseline), read_results(current), rules, alpha, clock)
     if strict and result.mismatches:
         raise UsageError("the runs differ (--strict): " + "; ".join(result.mismatches))
     return result
@@ -777,8 +876,11 @@ def _md_table(rows: pd.DataFrame, with_evidence: bool = True) -> list[str]:
     header = ["setting", "metric", "baseline", "current", "change"] + (["evidence"] if with_evidence else [])
     lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|" + ("---|" if with_evidence else "")]
     for _, row in rows.iterrows():
-        cells = [f"`{row['setting']}`", row["metric"], _fmt_value(row["baseline"]), _fmt_value(row["current"]),
-                 f"**{change_cell(row)}**" if row["verdict"] == REGRESSION else change_cell(row)]
+        current = _fmt_value(row["current"]) + (" †" if row.get("clock") in ("ref", "cpu") else "")
+        change = change_cell(row).replace(" ", "\u00a0")  # no break between the arrow and the number
+        setting = str(row["setting"]).replace(" ", "\u00a0")  # a setting on one line
+        cells = [f"`{setting}`", row["metric"], _fmt_value(row["baseline"]), current,
+                 f"**{change}**" if row["verdict"] == REGRESSION else change]
         if with_evidence:
             evidence = row["evidence"] if isinstance(row["evidence"], str) else ""
             cells.append(evidence or f"past {row['rule']}")
@@ -819,9 +921,17 @@ def comparison_markdown(result: Comparison, title: str = "vattn compare") -> str
     if result.notes:
         lines += ["#### Notes", ""] + [f"- {_md_escape(n)}" for n in result.notes] + [""]
     footer = (f"<sub>Rules (worse direction): {rules_text(result.rules)}. A timing change (latency_ms, "
-              f"throughput) counts only with evidence: a one-sided Mann-Whitney U test on {SAMPLES_COLUMN} at "
-              f"p < {result.alpha:g}, or without samples non-overlapping IQR bands. A status change from ok to "
-              "oom/error is always a regression.</sub>")
+              f"throughput) counts only with evidence: a one-sided Mann-Whitney U test on its samples at "
+              f"p < {result.alpha:g}, or without samples non-overlapping IQR bands. Timing clock "
+              f"(--clock {result.clock}): where both rows have them, the step's CPU time in units of a fixed "
+              "reference workload timed beside it (so a machine that slowed down between the runs moves both), "
+              "and the current value shown is its latency at the baseline's machine speed; otherwise the wall "
+              "clock. A status change from ok to oom/error is always a regression.</sub>")
+    adjusted = result.frame[result.frame["clock"].isin(["ref", "cpu"]) & result.frame["verdict"].isin(
+        [REGRESSION, IMPROVEMENT])]
+    if len(adjusted):
+        lines += ["† the current run's value at the baseline run's machine speed (the measured wall-clock change "
+                  "is in the evidence).", ""]
     lines += [footer, ""]
     return "\n".join(lines)
 
@@ -839,9 +949,25 @@ class History:
     comparisons: list[Comparison]  # run i against run i-1 (i >= 1)
     metrics: list[str]
     key_columns: list[str]
+    latency_clock: str = "wall"  # what the latency points show: the clock the gate judged on
 
 
-def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEFAULT_ALPHA) -> History:
+def _history_clock(clock: str, frames: Sequence[pd.DataFrame]) -> str:
+    """``ref`` (or ``cpu``) when every timed row of every run has it, so each setting's line is on
+    the clock the gate judged it on; otherwise ``wall``."""
+    wanted = {"auto": "ref", "ref": "ref", "cpu": "cpu"}.get(clock)
+    if wanted is None:
+        return "wall"
+    for frame in frames:
+        for _, row in frame.iterrows():
+            if math.isfinite(_number(row.get("latency_ms"))) and not (
+                    math.isfinite(_number(row.get(f"_{wanted}"))) and _clock_samples(row, wanted)):
+                return "wall"
+    return wanted
+
+
+def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEFAULT_ALPHA,
+            clock: str = DEFAULT_CLOCK) -> History:
     """Read every file, compare each with the one before, and gather the points to plot."""
     import pandas as pd
 
@@ -852,7 +978,7 @@ def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEF
     comparisons: list[Comparison] = []
     for before, after in itertools.pairwise(inputs):
         try:
-            comparisons.append(compare(before, after, rules, alpha))
+            comparisons.append(compare(before, after, rules, alpha, clock))
         except UsageError as exc:
             raise UsageError(f"{after.path} against {before.path}: {exc}") from None
     columns = set.intersection(*(set(r.frame.columns) for r in inputs))
@@ -869,6 +995,7 @@ def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEF
     all_keys = [key for frame in prepared for key in frame["_key"]]
     varying = {c for i, c in enumerate(keys) if len({k[i] for k in all_keys}) > 1}
     labels = [_run_label(p) for p in paths]
+    latency_clock = _history_clock(check_clock(clock), prepared)
     for run, frame in enumerate(prepared):
         for _, r in frame.iterrows():
             key = r["_key"]
@@ -877,7 +1004,14 @@ def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEF
             for metric in metrics:
                 value = _number(r.get(metric))
                 low = high = math.nan
-                if metric == "latency_ms" and band:
+                if metric == "latency_ms" and latency_clock != "wall" and math.isfinite(value):
+                    import statistics
+
+                    value = _number(r.get(f"_{latency_clock}"))
+                    samples = _clock_samples(r, latency_clock) or []
+                    if len(samples) >= 2:
+                        low, _, high = statistics.quantiles(samples, n=4, method="inclusive")
+                elif metric == "latency_ms" and band:
                     low, high = band
                 rows.append({"run": run, "label": labels[run], "setting": setting, "metric": metric,
                              "value": value, "low": low, "high": high, "status": status_kind(r.get("status")),
@@ -885,7 +1019,7 @@ def history(paths: Sequence[str], fail_on: str | None = None, alpha: float = DEF
     points = pd.DataFrame(rows, columns=["run", "label", "setting", "metric", "value", "low", "high", "status",
                                          "verdict"])
     points["failed"] = points["verdict"] == REGRESSION
-    return History(list(paths), points, comparisons, metrics, keys)
+    return History(list(paths), points, comparisons, metrics, keys, latency_clock)
 
 
 def _run_label(path: str) -> str:

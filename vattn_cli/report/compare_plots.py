@@ -34,6 +34,12 @@ LABELS = {
     "top5": ("top-5", "top-5 (%)"),
     "pair_acc": ("reversal-pair accuracy", "reversal-pair accuracy (%)"),
 }
+#: The latency panel on the clock the gate judged (``--clock``): CPU time, or CPU time in units of
+#: the reference workload timed beside each step (a machine that slowed down moves neither).
+CLOCK_LABELS = {
+    "ref": ("latency (CPU time / reference)", "step CPU time in reference-workload units\n(median; bars: IQR)"),
+    "cpu": ("latency (CPU time)", "step CPU time (ms, median; bars: IQR)"),
+}
 FAIL_COLOR = "#d62728"
 GOOD_COLOR = "#2ca02c"
 _RING = {"marker": "o", "markersize": 15, "markerfacecolor": "none", "markeredgewidth": 2.2, "linestyle": "none"}
@@ -134,6 +140,8 @@ def history_figure(hist: History, stem: str | Path) -> list[Path]:
                         (float(point["value"]), _change_label(float(before["value"]), float(point["value"]), metric),
                          color))
         short, long = LABELS.get(metric, (metric, metric))
+        if metric == "latency_ms" and hist.latency_clock in CLOCK_LABELS:
+            short, long = CLOCK_LABELS[hist.latency_clock]
         ax.set_title(short, pad=10)
         ax.set_ylabel(long)
         ax.set_xlabel("run (time order)")
