@@ -316,6 +316,11 @@ class FrameAttention(SoftmaxBlock):
 class ClaimsTime(FrameAttention):
     def attention_steps(self):
         return (AttentionStep("time", same("hw"), output="attn.proj"),)
+
+
+class BrokenSteps(FrameAttention):
+    def attention_steps(self):
+        return (AttentionStep("space", same("t"), output="attn.nope"),)
 '''
 
 
@@ -330,5 +335,8 @@ def test_zoo_check_runs_the_step_check_for_external_schemes(capsys, tmp_path, mo
         table = pd.read_csv(io.StringIO(out)).set_index("check")
         assert code == 1 and table.loc["steps", "status"] == "fail"
         assert "undeclared token" in table.loc["steps", "detail"] and table.loc["flops", "status"] == "pass"
+        code, out, err = vattn(capsys, "zoo", "--check", "steps_scheme:BrokenSteps", "--csv", "-", "--quiet")
+        table = pd.read_csv(io.StringIO(out)).set_index("check")
+        assert code == 1 and table.loc["steps", "status"] == "fail" and "attn.nope" in table.loc["steps", "detail"]
     finally:
         sys.modules.pop("steps_scheme", None)

@@ -131,7 +131,19 @@ def _output_layer(block: nn.Module, step: AttentionStep) -> nn.Linear:
                          f"{type(block).__name__}") from None
     if not isinstance(layer, nn.Linear):
         raise UsageError(f"step {step.name!r}: output {step.output!r} is a {type(layer).__name__}, not an nn.Linear")
+    if step.channels is not None and not 0 <= step.channels[0] < step.channels[1] <= layer.in_features:
+        raise UsageError(f"step {step.name!r}: channels {step.channels} do not fit {step.output!r}'s "
+                         f"{layer.in_features} input features")
     return layer
+
+
+def checked_steps(block: nn.Module) -> list[AttentionStep]:
+    """``block.attention_steps()``, every step's output layer (and channels) resolved: a wrong name is
+    an error here, not a check that silently never silences it."""
+    steps = list(block.attention_steps())
+    for step in steps:
+        _output_layer(block, step)
+    return steps
 
 
 @contextlib.contextmanager
@@ -277,7 +289,7 @@ def check_steps(block: nn.Module, layout: Layout, queries: Sequence[Query] | Non
     CPU thread (tiny tensors gain nothing from more, and lose much on a busy machine).
     """
     probe = randomize_(copy.deepcopy(block), seed)
-    steps = list(probe.attention_steps())
+    steps = checked_steps(probe)
     with one_thread():
         return [check_step(probe, layout, steps, i, q, seed, max_keys)
                 for q in (queries or default_queries(layout.grid)) for i in range(len(steps))]
@@ -300,7 +312,7 @@ def scheme_map(block: nn.Module, layout: Layout, query: Query, *, scheme: str, d
     """One row of ``vattn zoo --show``: each step's keys as measured from the code (and whether they
     match the declaration), and the tokens that reach the query through the whole block."""
     probe = randomize_(copy.deepcopy(block), seed)
-    steps = list(probe.attention_steps())
+    steps = checked_steps(probe)
     panels = []
     for i, step in enumerate(steps):
         with silenced(probe, steps, keep=i):
