@@ -13,17 +13,17 @@ speed hits both sides alike; ``--pairs`` times over. Then, per pair:
   and the rows flagged; the smallest factor caught in every comparison is the gate's resolution
   (target 1.15 or less);
 - both with one run a side (the first round: a plain "two runs" comparison) and with every round
-  (each side a folder of rounds: compare judges each run, takes the median run and pools the
-  samples), at each ``--alphas`` level, on each clock: ``ref`` (the default, ``--clock auto``:
+  (each side a folder of rounds: compare judges each run, takes the median run, pools the
+  samples, and needs every current run past every baseline run), at each ``--alphas`` level, on each clock: ``ref`` (the default, ``--clock auto``:
   CPU time in units of the reference workload profile times beside each step), ``cpu`` (CPU
   time alone) and ``wall`` (the wall clock, with the U test, and with IQR bands alone).
 
-Run:  python benchmarks/compare_noise.py [--pairs 10] [--rounds 2] [--out runs/compare_noise] [--reuse]
+Run:  python benchmarks/compare_noise.py [--pairs 10] [--rounds 3] [--out runs/compare_noise] [--reuse]
       [-- profile flags, default: --threads 1 --no-isolate --measure params,flops,latency]
 ``--reuse`` analyses the CSVs already in ``--out`` without profiling again (``--fail-on`` and
 ``--factors`` re-judge them under other rules); an interrupted run resumes where it stopped.
 Each profile command takes 20 s on a quiet 2-core machine and about a minute on a loaded one
-(40 commands for 10 pairs x 2 rounds: 15 to 45 minutes); the default flags skip the worker
+(60 commands for 10 pairs x 3 rounds, as examples/ci/compare.sh runs them: 20 to 60 minutes); the default flags skip the worker
 processes, so memory is not measured (pass ``-- --threads 1`` alone to measure it too).
 """
 
@@ -96,7 +96,7 @@ def comparisons(pairs, prep, factor, alpha, fail_on=None, clock="auto"):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "runs" / "compare_noise"))
     parser.add_argument("--reuse", action="store_true", help="analyse the runs already in --out")
     parser.add_argument("--alphas", default=f"{DEFAULT_ALPHA:g},0.05")

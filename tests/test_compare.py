@@ -516,3 +516,22 @@ def test_time_step_times_the_reference_beside_every_run() -> None:
     assert len(blocks) == 5 and len(set(blocks)) == 1 and 1 <= len(blocks[0]) <= 16
     plain = time_step(lambda: None, repeats=3)
     assert plain.ref_cpu_s == [] and plain.ref_cpu_ms is None and len(plain.cpu_s) == 3
+
+
+def test_with_several_runs_a_side_every_current_run_must_be_slower() -> None:
+    """A rerun on a shared machine moves whole runs; with two runs or more a side a timing
+    regression also needs every current run slower than every baseline run (on the judged clock)."""
+    base = [_timed(10.0, 8.0, 2.0), _timed(10.0, 8.8, 2.0)]           # 4.0 and 4.4 reference units
+    overlapping = [_timed(10.0, 8.6, 2.0), _timed(10.0, 11.2, 2.0)]   # 4.3 and 5.6: median +18%
+    row = compare(results(base, "a"), results(overlapping, "b")).frame.set_index("metric").loc["latency_ms"]
+    assert row["change_pct"] == pytest.approx(100 * (4.95 / 4.2 - 1)) and row["verdict"] == UNCHANGED
+    assert "runs overlap (2+2 runs)" in row["evidence"]
+    apart = [_timed(10.0, 9.2, 2.0), _timed(10.0, 10.0, 2.0)]         # 4.6 and 5.0: both slower
+    row = compare(results(base, "a"), results(apart, "b")).frame.set_index("metric").loc["latency_ms"]
+    assert row["verdict"] == REGRESSION and "every run slower (2+2 runs)" in row["evidence"]
+    faster = [_timed(10.0, 6.0, 2.0), _timed(10.0, 6.4, 2.0)]
+    row = compare(results(base, "a"), results(faster, "b")).frame.set_index("metric").loc["latency_ms"]
+    assert row["verdict"] == IMPROVEMENT and "every run faster" in row["evidence"]
+    # one run a side: no runs check (the U test and the rule decide)
+    row = compare(results(base[:1], "a"), results(overlapping[1:], "b")).frame.set_index("metric").loc["latency_ms"]
+    assert row["verdict"] == REGRESSION and "runs" not in row["evidence"].split("; ")[-1]

@@ -82,7 +82,8 @@ def compare_command(
     Rows are matched on their setting (scheme, model, frames, size, patch, batch, mode, dtype,
     device, and tubelet, dataset, seed, pos_embed, views where present). Per metric a rule; a
     timing change (latency_ms, throughput) counts only with statistical evidence too (U test on
-    latency_samples_ms, or non-overlapping IQR bands without samples), on the clock --clock says:
+    latency_samples_ms, or non-overlapping IQR bands without samples; with several runs a side,
+    every current run past every baseline run), on the clock --clock says:
     by default the step's CPU time in units of the reference workload profile times beside it, so
     a runner that got slower between the two runs does not fail the gate. ok -> oom/error is
     always a regression. The table goes to stderr.

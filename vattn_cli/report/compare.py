@@ -20,6 +20,9 @@ matches rows on their setting key, and judges each metric by a rule:
   time alone. The judged ``current`` value is then the current run's latency (throughput) at the
   baseline run's machine speed: ``baseline x (judged current / judged baseline)``; ``measured``
   keeps the raw value;
+- with two runs or more a side (a folder of rounds), a timing change also needs every current
+  run past every baseline run on that clock: a rerun on a busy machine shifts a whole run, which
+  a test on the pooled samples cannot tell from a slower step;
 - a row whose status goes from ``ok`` to ``oom`` or ``error`` is a regression, the reverse an
   improvement.
 
@@ -482,11 +485,15 @@ def pool_runs(rows: pd.DataFrame) -> dict[str, Any]:
 
     Every metric is the median over the runs (so one disturbed run of three moves nothing), the
     IQR band spans the median run's edges, the samples are pooled for the U test, and the status
-    is the worst (error, then oom)."""
+    is the worst (error, then oom). Each clock's per-run values are kept (``_wall_runs``,
+    ``_cpu_runs``, ``_ref_runs``) for the runs' own check (:func:`_runs_apart`)."""
     import statistics
 
     out = rows.iloc[0].to_dict()
     out["runs"] = len(rows)
+    for clock, column in (("wall", "latency_ms"), ("cpu", "_cpu"), ("ref", "_ref")):
+        values = [_number(v) for v in rows[column]] if column in rows.columns else []
+        out[f"_{clock}_runs"] = [v for v in values if math.isfinite(v)]
     if len(rows) == 1:
         return out
     statuses = list(rows["status"]) if "status" in rows.columns else ["ok"] * len(rows)
@@ -547,7 +554,7 @@ def _prepared(results: Results, keys: Sequence[str], role: str, notes: list[str]
         frame[col] = [_key_value(v) for v in frame[col]] if col in frame.columns else ""
     frame["_key"] = list(zip(*(frame[c] for c in keys))) if keys else [()] * len(frame)
     if not frame["_key"].duplicated().any():
-        return frame.assign(runs=1).reset_index(drop=True)
+        return pd.DataFrame([pool_runs(frame.iloc[[i]]) for i in range(len(frame))]).reset_index(drop=True)
     rows, differ = [], {}
     for key, group in frame.groupby("_key", sort=False):
         rows.append(pool_runs(group))
@@ -575,6 +582,19 @@ def _evidence_samples(b: Sequence[float], c: Sequence[float], direction: int,
     _, p, method = mann_whitney_greater(x, y)
     sign = "<" if p < alpha else ">="
     return p < alpha, p, f"U test ({method}, {len(b)}+{len(c)} samples): p={p:.2g} {sign} {alpha:g}"
+
+
+def _runs_apart(base: pd.Series, cur: pd.Series, clock: str, direction: int) -> tuple[bool, str] | None:
+    """With two runs or more a side: is every current run slower (``direction`` +1; faster: -1)
+    than every baseline run on ``clock``? A rerun on a shared machine moves whole runs (its
+    samples move together), which the U test on pooled samples cannot see; the runs can. None
+    where a side has one run."""
+    b, c = base.get(f"_{clock}_runs"), cur.get(f"_{clock}_runs")
+    if not (isinstance(b, (list, tuple)) and isinstance(c, (list, tuple)) and len(b) >= 2 and len(c) >= 2):
+        return None
+    apart = min(c) > max(b) if direction > 0 else max(c) < min(b)
+    word = "every run slower" if direction > 0 else "every run faster"
+    return apart, (f"{word} ({len(b)}+{len(c)} runs)" if apart else f"runs overlap ({len(b)}+{len(c)} runs)")
 
 
 def _band(row: pd.Series) -> tuple[float, float] | None:
@@ -662,6 +682,10 @@ def judge_metric(rule: Rule, base: pd.Series, cur: pd.Series, alpha: float,
         else:
             banded = _evidence_bands(base, cur, slower)
             significant, text = banded if banded else (True, "threshold only: no samples or IQR in both rows")
+        apart = _runs_apart(base, cur, used or "wall", slower)
+        if apart is not None:
+            significant = significant and apart[0]
+            text = f"{text}; {apart[1]}"
         out["evidence"] = f"{drift}; {text}" if drift else text
         if not significant:
             verdict = UNCHANGED
@@ -922,7 +946,8 @@ def comparison_markdown(result: Comparison, title: str = "vattn compare") -> str
         lines += ["#### Notes", ""] + [f"- {_md_escape(n)}" for n in result.notes] + [""]
     footer = (f"<sub>Rules (worse direction): {rules_text(result.rules)}. A timing change (latency_ms, "
               f"throughput) counts only with evidence: a one-sided Mann-Whitney U test on its samples at "
-              f"p < {result.alpha:g}, or without samples non-overlapping IQR bands. Timing clock "
+              f"p < {result.alpha:g}, or without samples non-overlapping IQR bands, and with several runs a side every "
+              "current run past every baseline run. Timing clock "
               f"(--clock {result.clock}): where both rows have them, the step's CPU time in units of a fixed "
               "reference workload timed beside it (so a machine that slowed down between the runs moves both), "
               "and the current value shown is its latency at the baseline's machine speed; otherwise the wall "
