@@ -93,6 +93,27 @@ def comparisons(pairs, prep, factor, alpha, fail_on=None, clock="auto"):
             for a, b in pairs]
 
 
+def as_space(results: Results, scheme: str) -> Results:
+    """The rows of ``scheme`` labelled ``space``: measured timings of a step that does more work."""
+    frame = results.frame[results.frame["scheme"] == scheme].assign(scheme="space")
+    return Results(results.path, frame.reset_index(drop=True), results.folder)
+
+
+def real_work(pairs, fail_on) -> None:
+    """Real, measured extra work instead of scaled timings: the current side's joint (or divided)
+    rows relabelled as space, judged against the baseline's space rows (costs off: only timing)."""
+    rules = parse_rules(",".join(filter(None, [fail_on, "gflops:off,params_m:off"])))
+    print("\nreal extra work (measured): the current side's rows of a bigger scheme as 'space', against "
+          "the baseline's space rows; latency rows flagged (of 2 sizes x pairs):")
+    for scheme in ("joint", "divided"):
+        comps = [compare(as_space(a, "space"), as_space(b, scheme), rules, DEFAULT_ALPHA) for a, b in pairs]
+        ratio = pd.concat([c.frame.loc[c.frame["metric"] == "latency_ms", "change_pct"] for c in comps]).astype(float)
+        flagged = sum(int((c.regressions["metric"] == "latency_ms").sum()) for c in comps)
+        print(f"  space -> {scheme}: judged change median {ratio.median():+.1f}% (min {ratio.min():+.1f}%, "
+              f"max {ratio.max():+.1f}%); comparisons failing {sum(c.failed for c in comps)}/{len(comps)}, "
+              f"rows flagged {flagged}/{2 * len(comps)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10)
@@ -162,6 +183,7 @@ def main() -> None:
     print("comparisons that fail (of pairs); in brackets, latency rows flagged (of 6 settings x pairs); "
           "clock ref is the default (--clock auto):")
     print(pd.DataFrame(table).to_string(index=False))
+    real_work(every, args.fail_on)
 
 
 if __name__ == "__main__":
