@@ -239,3 +239,26 @@ def test_resuming_a_file_timed_alone_with_jobs_refuses(tmp_path) -> None:
     with pytest.raises(UsageError, match="resume it with --jobs 1"):
         tokens.run(_plan(), tmp_path, measures=["params", "latency"], isolate=False, resume=True,
                    launch=Launch(jobs=2))
+
+
+def test_slurm_flags_become_sbatch_lines(tmp_path, monkeypatch) -> None:
+    """The --slurm-* flags as submitit writes them into the job script (Slurm faked: srun/sbatch stubs)."""
+    pytest.importorskip("submitit")
+    from vattn_cli.ablate.launchers import _executor
+    from vattn_cli.commands._launch_flags import parse_launch
+
+    for tool in ("srun", "sbatch"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 0\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    launch = parse_launch(jobs=None, launcher="slurm", kind="train", timed=True, partition="gpu", time_min=30,
+                          gpus=1, cpus=8, mem="16GB", account="proj", setup=["module load cuda"],
+                          array_parallelism=4)
+    assert launch.jobs == 1 and launch.concurrent == 1  # each Slurm job has its own allocation
+    executor = _executor(launch, tmp_path / "slurm")
+    text = executor._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=16GB",
+                 "--account=proj", f"--output={tmp_path / 'slurm'}/%j_0_log.out"):
+        assert f"#SBATCH {line}" in text, text
+    assert "module load cuda" in text
+    assert executor._executor.parameters["array_parallelism"] == 4  # becomes --array=0-N%4 when submitted

@@ -64,7 +64,7 @@ def parse_launch(*, jobs: int | None, launcher: str | None, kind: str, timed: bo
         size = parse_size(mem)
         if not size:
             raise UsageError(f"invalid --slurm-mem {mem!r}; expected a size such as 16GB")
-        mem_gb = round(size / 2**30, 3)
+        mem_gb = max(1, -(-size // 2**30))  # whole GB, rounded up (sbatch --mem=16GB)
     slurm = SlurmOptions(partition=partition, time_min=time_min or SlurmOptions.time_min, gpus=gpus or 0, cpus=cpus,
                          mem_gb=mem_gb, account=account, setup=tuple(setup or ()),
                          array_parallelism=array_parallelism)
