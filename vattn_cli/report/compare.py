@@ -565,7 +565,8 @@ def _prepared(results: Results, keys: Sequence[str], role: str, notes: list[str]
                     differ.setdefault(key, []).append(metric)
     runs = [r["runs"] for r in rows]
     text = (f"{role} has {min(runs)}-{max(runs)}" if min(runs) != max(runs) else f"{role} has {max(runs)}")
-    notes.append(f"{text} runs per setting: each metric is their median, the U test pools their samples")
+    notes.append(f"{text} runs per setting: each metric is their median run, the U test pools their samples, "
+                 "and a timing change needs every run past the other side's")
     if differ and warnings is not None:
         every = list(frame["_key"])
         varying = {c for i, c in enumerate(keys) if len({k[i] for k in every}) > 1}
