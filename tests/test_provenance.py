@@ -26,6 +26,8 @@ from vattn_cli.measure.provenance import _static, machine_description, machine_f
 TINY = ["--model", "tiny", "--frames", "2", "--size", "32", "--warmup", "0", "--threads", "1"]
 #: ``profile``'s columns before provenance and samples: their order is the contract's and stays.
 PROFILE_FIRST = measure.ROW_COLUMNS + ["repeats", "timed_s", "wall_s"]
+#: ``profile``'s CPU-time columns after the samples (vattn compare's reference clock).
+TIMING = ["cpu_ms", "ref_cpu_ms", "cpu_samples_ms"]
 
 
 def _profile(capsys, *args: str) -> str:
@@ -61,7 +63,7 @@ def test_profile_json_always_has_samples_and_provenance(capsys, tmp_path) -> Non
     _profile(capsys, "--scheme", "space,joint", *TINY, "--repeats", "4", "--no-isolate", "--json", str(target))
     rows = json.loads(target.read_text())
     assert list(rows[0])[: len(PROFILE_FIRST)] == PROFILE_FIRST
-    assert list(rows[0])[len(PROFILE_FIRST):] == measure.PROVENANCE_COLUMNS + [measure.SAMPLES_COLUMN]
+    assert list(rows[0])[len(PROFILE_FIRST):] == measure.PROVENANCE_COLUMNS + [measure.SAMPLES_COLUMN] + TIMING
     for row in rows:
         samples = row[measure.SAMPLES_COLUMN]
         assert len(samples) == row["repeats"] == 4 and all(isinstance(v, float) and v > 0 for v in samples)
@@ -72,11 +74,11 @@ def test_profile_json_always_has_samples_and_provenance(capsys, tmp_path) -> Non
 def test_profile_csv_has_samples_only_with_the_flag(capsys) -> None:
     plain = pd.read_csv(io.StringIO(_profile(capsys, "--scheme", "space", *TINY, "--repeats", "3", "--no-isolate",
                                              "--quiet", "--csv", "-")))
-    assert list(plain.columns) == PROFILE_FIRST + measure.PROVENANCE_COLUMNS
+    assert list(plain.columns) == PROFILE_FIRST + measure.PROVENANCE_COLUMNS + ["cpu_ms", "ref_cpu_ms"]
     _sane_provenance(plain.iloc[0], threads=1)
     out = _profile(capsys, "--scheme", "space", *TINY, "--repeats", "5", "--no-isolate", "--samples", "--csv", "-")
     frame = pd.read_csv(io.StringIO(out))
-    assert list(frame.columns) == PROFILE_FIRST + measure.PROVENANCE_COLUMNS + [measure.SAMPLES_COLUMN]
+    assert list(frame.columns) == PROFILE_FIRST + measure.PROVENANCE_COLUMNS + [measure.SAMPLES_COLUMN] + TIMING
     cell = frame.iloc[0][measure.SAMPLES_COLUMN]
     assert re.fullmatch(r"\d+\.\d{4}( \d+\.\d{4}){4}", cell), cell
     samples = measure.parse_samples(cell)
