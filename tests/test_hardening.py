@@ -186,7 +186,7 @@ def test_ctrl_c_in_a_study_says_what_finished_and_how_to_continue(tmp_path, caps
     code, _, err = vattn(capsys, *TOKENS, "--out", str(out))
     line = one_line(err)
     assert code == 130
-    assert line.startswith("vattn: interrupted; 4 combinations finished in ") and "tokens.csv" in line, line
+    assert line.startswith("vattn: interrupted; 4 of 4 combinations finished in ") and "tokens.csv" in line, line
     assert line.endswith(f"continue with: vattn {' '.join(TOKENS)} --out {out} --resume"), line
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]
 

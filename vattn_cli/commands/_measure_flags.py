@@ -93,6 +93,8 @@ def parse_measure_flags(*, device: str | None, measure: str | None, warmup: int 
     options = dataclasses.replace(defaults or RunOptions(), **given(
         warmup=warmup, repeats=parse_repeats(repeats) if repeats is not None else None, budget_s=time_budget,
         seed=seed, threads=threads))
+    if max_memory is not None and not str(max_memory).strip():  # '' would silently mean "no cap"
+        raise UsageError("invalid --max-memory ''; expected a size like 500MB, 2GB, 1.5G")
     cap = parse_size(max_memory)
     if cap and not isolate:
         raise UsageError("--max-memory needs worker processes; drop --no-isolate")

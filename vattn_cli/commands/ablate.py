@@ -132,7 +132,11 @@ def tokens(
             stderr_console.print(message, highlight=False)
 
     csv_path = out / study.CSV_NAME
-    with output_lock(out, finished=lambda: f"{count_rows(csv_path)} combinations finished in {csv_path}"):
+    def finished() -> str:
+        done = count_rows(csv_path)
+        return f"{done} of {len(plan.settings)} combination{'s' if len(plan.settings) != 1 else ''} finished in {csv_path}"
+
+    with output_lock(out, finished=finished):
         result = study.run(plan, out, flags.measures, flags.options, resume=resume, max_memory=flags.max_memory,
                            timeout_s=timeout, isolate=isolate, progress=not quiet and sys.stderr.isatty(), log=say,
                            samples=samples, launch=launch)

@@ -49,35 +49,35 @@ def train(
     root: str = typer.Option(None, help="Folder the list's video paths are relative to (default: the list's folder)."),
     model: str = typer.Option(None, help=f"Model size ({', '.join(SIZES)}) or preset (default: {DEFAULT_MODEL}, or the "
                                          "--init checkpoint's)."),
-    frames: int = typer.Option(None, help=f"Frames per clip (default: the preset's, else {DEFAULTS['frames']})."),
-    size: int = typer.Option(None, help="Frame size in pixels, square "
+    frames: int = typer.Option(None, min=1, help=f"Frames per clip (default: the preset's, else {DEFAULTS['frames']})."),
+    size: int = typer.Option(None, min=1, help="Frame size in pixels, square "
                                         f"(default: the preset's, else {DEFAULTS['img_size']})."),
-    patch: int = typer.Option(None, help=f"Patch size in pixels (default: the preset's, else {DEFAULTS['patch']})."),
+    patch: int = typer.Option(None, min=1, help=f"Patch size in pixels (default: the preset's, else {DEFAULTS['patch']})."),
     tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding when "
                                 "> 1 (default: 1, or the --init checkpoint's)."),
     tubelet_init: str = typer.Option(None, "--tubelet-init", help=f"{' or '.join(TUBELET_INITS)}: how --init's "
                                      "per-frame (2D) patch weights fill the 3D kernel: on the central frame of each "
                                      "tubelet, zeros elsewhere (ViViT's), or divided by the tubelet on every frame "
                                      "(I3D's inflation) (default: central)."),
-    epochs: int = typer.Option(None, help=f"Epochs (default: {TrainConfig.epochs})."),
-    batch: int = typer.Option(None, help="Clips per step PER PROCESS (under torchrun the global batch is N times it) "
+    epochs: int = typer.Option(None, min=1, help=f"Epochs (default: {TrainConfig.epochs})."),
+    batch: int = typer.Option(None, min=1, help="Clips per step PER PROCESS (under torchrun the global batch is N times it) "
                                          f"(default: {TrainConfig.batch})."),
     lr: float = typer.Option(None, help=f"Peak learning rate (default: {_LR_DEFAULTS})."),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="Weight decay (not on norms, biases, embeddings) "
+    weight_decay: float = typer.Option(None, "--weight-decay", min=0.0, help="Weight decay (not on norms, biases, embeddings) "
                                        f"(default: {TrainConfig.weight_decay:g})."),
-    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine decay, per step "
+    warmup_epochs: float = typer.Option(None, "--warmup-epochs", min=0.0, help="Linear warm-up before the cosine decay, per step "
                                         f"(default: {TrainConfig.warmup_epochs:g})."),
     label_smoothing: float = typer.Option(None, "--label-smoothing",
                                           help=f"Label smoothing (default: {TrainConfig.label_smoothing:g})."),
-    clip_grad: float = typer.Option(None, "--clip-grad", help="Gradient norm clipping; 0 turns it off "
+    clip_grad: float = typer.Option(None, "--clip-grad", min=0.0, help="Gradient norm clipping; 0 turns it off "
                                     f"(default: {TrainConfig.clip_grad:g})."),
     optimizer: str = typer.Option(None, help=f"{' or '.join(OPTIMIZERS)} (sgd: Nesterov momentum "
                                              f"{TrainConfig.momentum:g}, as in the paper) (default: {TrainConfig.optimizer})."),
     dtype: str = typer.Option(None, help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (autocast) "
                                          f"(default: {TrainConfig.dtype})."),
-    workers: int = typer.Option(None, help=f"Data-loading worker processes (default: {TrainConfig.workers})."),
+    workers: int = typer.Option(None, min=0, help=f"Data-loading worker processes (default: {TrainConfig.workers})."),
     init: str = typer.Option(None, help="Start from this checkpoint (ours, official TimeSformer .pyth, HF folder)."),
-    save_every: int = typer.Option(None, "--save-every", help="Also write last.pt every N steps "
+    save_every: int = typer.Option(None, "--save-every", min=0, help="Also write last.pt every N steps "
                                    f"(default: {TrainConfig.save_every}, each epoch only)."),
     train_scale: str = typer.Option(None, "--train-scale", help="Training scale jitter LO,HI: the short side is scaled "
                                     "to a random LO..HI times --size before the random crop (default: 1,1 on builtin "

@@ -15,11 +15,11 @@ from vattn_cli.zoo.catalog import DEFAULTS, SIZES, validate_setting
 def zoo(
     model: str = typer.Option(None, "--model", "--size", help=f"Size at which to count parameters: {', '.join(SIZES)} "
                               f"(default: {DEFAULTS['size']}). --size is an alias of --model."),
-    frames: int = typer.Option(None, help=f"Frames at which to count parameters and tokens (default: {DEFAULTS['frames']}; "
+    frames: int = typer.Option(None, min=1, help=f"Frames at which to count parameters and tokens (default: {DEFAULTS['frames']}; "
                                "with --check, the conformance suite's)."),
-    img_size: int = typer.Option(None, "--img-size", help="Frame size in pixels, square "
+    img_size: int = typer.Option(None, "--img-size", min=1, help="Frame size in pixels, square "
                                  f"(default: {DEFAULTS['img_size']}; with --check, the conformance suite's)."),
-    patch: int = typer.Option(None, help=f"Patch size in pixels (default: {DEFAULTS['patch']})."),
+    patch: int = typer.Option(None, min=1, help=f"Patch size in pixels (default: {DEFAULTS['patch']})."),
     tubelet: int = typer.Option(None, "--tubelet", min=1, help="Frames per patch: a 3D (tubelet) patch embedding "
                                 "when > 1, (frames / tubelet) x (size / patch)^2 tokens (default: 1)."),
     scheme: str = typer.Option(

@@ -139,8 +139,9 @@ class TrainConfig:
             raise UsageError(f"invalid --lr {self.lr}; expected a number > 0")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"invalid --label-smoothing {self.label_smoothing}; expected 0 <= value < 1")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise UsageError("invalid --weight-decay/--warmup-epochs; expected numbers >= 0")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--warmup-epochs", self.warmup_epochs)):
+            if value < 0:
+                raise UsageError(f"invalid {flag} {value:g}; expected a number >= 0")
         parse_views(self.val_views, flag="--val-views")
         if self.tubelet_init is not None and self.tubelet_init not in TUBELET_INITS:
             raise one_of("--tubelet-init", self.tubelet_init, list(TUBELET_INITS))

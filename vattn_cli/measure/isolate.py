@@ -47,6 +47,7 @@ def scheme_modules(scheme: str) -> list[list[str | None]]:
 
 #: Worker folders are ``vattn-worker-<parent pid>-*`` in the temporary directory.
 _FOLDER_PREFIX = "vattn-worker-"
+_SWEPT = False  # whether this process has removed dead parents' folders yet
 
 
 def _worker_env() -> dict[str, str]:
@@ -114,6 +115,10 @@ def run_isolated(
         "max_memory": max_memory, "flops": asdict(flops) if flops else None,
         "scheme_modules": scheme_modules(setting.scheme),
     }
+    global _SWEPT
+    if not _SWEPT:  # once per process, whichever sweep or executor runs the workers
+        _SWEPT = True
+        remove_stale_folders()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path, err_path = (Path(tmp) / n for n in ("job.json", "result.json", "stderr.txt"))
@@ -207,8 +212,6 @@ def sweep(
     if max_memory and not isolate:
         raise ValueError("max_memory needs isolate=True: a cap applies to a worker process")
     todo = [s for s in settings if not (skip and skip(s))]
-    if isolate and todo:
-        remove_stale_folders()
     cache = flops_cache if flops_cache is not None else {}
     rows = []
     with _progress(progress, len(todo)) as bar:

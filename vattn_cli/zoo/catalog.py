@@ -185,7 +185,12 @@ def scheme_entry(name: str, *, allow_import: bool = True, label: str = "scheme")
                 f"code because a file names it; if you trust it, name it yourself: {external.ENV_VAR}={name} "
                 "before the command (or --scheme with it, on a command that has --scheme)"
             )
-        return _register_external(name, external.import_object(name), f"import:{name}")
+        try:
+            return _register_external(name, external.import_object(name), f"import:{name}")
+        except UsageError as exc:
+            if not label.startswith("--"):
+                raise
+            raise UsageError(f"invalid {label} {name!r}: {exc}") from None  # say which flag named it
     raise one_of(label, name, list_schemes() + ["module.path:Class"])
 
 
