@@ -373,6 +373,12 @@ def test_help_at_80_columns_cuts_nothing(command, capsys, monkeypatch) -> None:
     assert group is not None
 
 
+@pytest.mark.parametrize("command", [[], ["ablate"], ["data"]])
+def test_a_group_alone_prints_its_help_not_an_error(command, capsys) -> None:
+    code, out, err = vattn(capsys, *command)
+    assert code == 2 and err == "" and out.startswith(f"Usage: vattn {' '.join(command)}".rstrip() + " [OPTIONS]")
+
+
 # ----------------------------------------------------------------------------- 11: resume says where it starts
 
 

@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     except _ABORT:
         code = _fail("aborted", 130)
     except _CLICK_ERROR as exc:  # bad flags, bad values: exit 2, one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `vattn`, `vattn ablate` alone: the help, as before
+            typer.echo(exc.format_message())
+            sys.exit(2)
         if debug:
             raise
         message = _click_message(exc, args)
