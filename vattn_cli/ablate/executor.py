@@ -208,6 +208,7 @@ def mark(row: dict[str, Any], launch: Launch) -> dict[str, Any]:
 def _run_pool(jobs: list[Job], launch: Launch, on_row: RowFn, refine: RefineFn,
               on_start: Callable[[Job], None] | None) -> int:
     import concurrent.futures as cf
+    import concurrent.futures.process  # noqa: F401 (cf.process.BrokenProcessPool)
     import multiprocessing
 
     threads = launch.slot_threads()
@@ -238,7 +239,13 @@ def _run_pool(jobs: list[Job], launch: Launch, on_row: RowFn, refine: RefineFn,
             finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
-                row = future.result()  # a job's exception ends the study, as in one process
+                try:
+                    row = future.result()  # a job's exception ends the study, as in one process
+                except cf.process.BrokenProcessPool:
+                    from vattn_cli.errors import RunError
+
+                    raise RunError(f"the process running {job.label} died (killed, or out of memory?); "
+                                   "finished runs are in the row log, --resume continues") from None
                 on_row(job, mark(row, launch))
                 done += 1
     except BaseException:

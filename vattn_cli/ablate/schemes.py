@@ -301,6 +301,8 @@ def run(
             + (f", pair {row['pair_acc']:.1f}" if row.get("pair_acc") is not None else "")
             + f", {row['gflops']:.4g} GFLOPs, trained in {row['train_s']:.0f} s")
 
+    if not one_by_one:
+        _generate_builtin(todo, config)
     try:
         if progress is not None:
             progress.start(len(runs), skipped)
@@ -325,6 +327,16 @@ def run(
 
         tensorboard_log.log_figures(out / tensorboard_log.TB_DIR, {stem.name: p for p in figures if p.suffix == ".png"})
     return Result(frame, skipped, len(todo), [rowlog.path, summary, *figures], pareto)
+
+
+def _generate_builtin(runs: Sequence[Run], config: StudyConfig) -> None:
+    """Generate the built-in data of ``runs`` here, once, before jobs run elsewhere: two pool slots
+    (or Slurm jobs) starting on a fresh install would otherwise both write the same set (safe, the
+    second is discarded, but twice the time)."""
+    from vattn_cli.data import resolve_data
+
+    for data in dict.fromkeys(r.data for r in runs if r.data.startswith("builtin:")):
+        resolve_data(data, split="train", cache_dir=config.cache_dir, **builtin_options(data, config))
 
 
 def _fresh_or_error(out: Path, r: Run) -> bool:
