@@ -340,3 +340,7 @@ def test_zoo_check_runs_the_step_check_for_external_schemes(capsys, tmp_path, mo
         assert code == 1 and table.loc["steps", "status"] == "fail" and "attn.nope" in table.loc["steps", "detail"]
     finally:
         sys.modules.pop("steps_scheme", None)
+        from vattn_cli.zoo.registry import unregister_scheme
+
+        for name in ("FrameAttention", "ClaimsTime", "BrokenSteps"):  # later tests list the schemes
+            unregister_scheme(f"steps_scheme:{name}")

@@ -91,23 +91,24 @@ def test_zoo_model_and_size_and_schemes(capsys) -> None:
 
 def test_profile_without_flags_runs_the_library_defaults(monkeypatch, capsys) -> None:
     measure = importlib.import_module("vattn_cli.measure")
-    calls = record(monkeypatch, measure, "sweep")
+    calls = record(monkeypatch, importlib.import_module("vattn_cli.ablate.measuring"), "measure_settings")
     stopped(capsys, "profile", "--scheme", "divided")
-    (settings, measures, options), kwargs = calls[0]
+    (settings, measures, options, launch, _on_row), kwargs = calls[0]
     assert settings == expand(schemes=["divided"], device=AUTO)
-    assert list(measures) == list(measure.MEASURES) and options == RunOptions()
+    # profile alone times vattn compare's reference workload beside each run
+    assert list(measures) == list(measure.MEASURES) and options == RunOptions(reference=True)
+    assert launch.jobs == 1  # it times latency and memory: one run at a time
     assert kwargs["max_memory"] is None and kwargs["isolate"] is True
 
 
 def test_profile_flags_reach_the_library(monkeypatch, capsys) -> None:
-    measure = importlib.import_module("vattn_cli.measure")
-    calls = record(monkeypatch, measure, "sweep")
+    calls = record(monkeypatch, importlib.import_module("vattn_cli.ablate.measuring"), "measure_settings")
     stopped(capsys, "profile", "--schemes", "space", "--model", "tiny", "--frames", "2,4", "--batch", "2",
             "--mode", "train", "--dtype", "bf16", "--warmup", "0", "--repeats", "3", "--time-budget", "1", "--seed", "7")
-    (settings, _measures, options), _ = calls[0]
+    (settings, _measures, options, _launch, _on_row), _ = calls[0]
     assert settings == expand(schemes=["space"], models=["tiny"], frames=[2, 4], batches=[2], modes=["train"],
                               dtypes=["bf16"], device=AUTO)
-    assert options == RunOptions(warmup=0, repeats=3, budget_s=1.0, seed=7)
+    assert options == RunOptions(warmup=0, repeats=3, budget_s=1.0, seed=7, reference=True)
 
 
 @pytest.mark.parametrize("spelling", ["--schemes", "--scheme"])

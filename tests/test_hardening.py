@@ -437,3 +437,45 @@ def test_resume_of_nothing_says_so(tmp_path, capsys) -> None:
     assert run_cli(["train", "--resume", "--out", str(tmp_path / "nothere")]) == 2
     line = one_line(capsys.readouterr().err)
     assert f"nothing to resume in {tmp_path / 'nothere'} (the folder does not exist)" in line, line
+
+
+def test_a_dead_writers_lock_held_by_its_forked_children_is_waited_for(tmp_path) -> None:
+    """SIGKILL leaves a writer's data-loader workers holding OUT/.lock for a moment: --resume waits, a
+    live holder is refused at once."""
+    import fcntl
+    import threading
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # stands for the orphaned workers' inherited hold
+    os.write(fd, dead.stdout.strip().encode() + b"\n")
+    threading.Timer(1.0, lambda: os.close(fd)).start()
+    start = time.monotonic()
+    with output_lock(tmp_path):
+        waited = time.monotonic() - start
+    assert 0.8 < waited < 20
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())  # a live holder
+        start = time.monotonic()
+        with pytest.raises(UsageError, match=rf"in use by another vattn \(pid {os.getpid()}\)"):
+            with output_lock(tmp_path):
+                pass
+        assert time.monotonic() - start < 0.5
+    finally:
+        os.close(fd)
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_speaks_too(capsys, monkeypatch) -> None:
+    """typer answers a Ctrl-C outside a command body with a silent 130; vattn says so in one line."""
+    import typer.core
+
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.core.TyperGroup, "parse_args", interrupted)
+    code, out, err = vattn(capsys, "zoo", "--model", "tiny")
+    assert code == 130 and out == ""
+    assert one_line(err) == "vattn: interrupted while starting; nothing was written"

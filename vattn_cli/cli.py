@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         args = [a for a in args if a != "--debug"]
     try:
         code = app(args=args, prog_name="vattn", standalone_mode=False)
+        if code == 130:  # typer's silent answer to a Ctrl-C outside every command body (parsing,
+            # loading the command: commands raise Interrupted instead), so nothing has run yet
+            code = _fail("interrupted while starting; nothing was written", 130)
     except _EXIT as exc:
         code = exc.exit_code
     except _ABORT:

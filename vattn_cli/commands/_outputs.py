@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,12 +81,32 @@ def check_outputs(*, folders: dict[str, object] | None = None, files: dict[str, 
             _check_target(flag, str(value), "file")
 
 
-def _holder(path: Path) -> str:
+def _holder_pid(path: Path) -> int | None:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError:
-        return "another process"
-    return f"another vattn (pid {text})" if text.isdigit() else "another process"
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _holder(path: Path) -> str:
+    pid = _holder_pid(path)
+    return f"another vattn (pid {pid})" if pid is not None else "another process"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: How long a lock whose writer has died may stay held by the processes it forked (DataLoader workers
+#: inherit the lock's file and notice their parent's death within about 5 s).
+ORPHAN_WAIT_S = 30.0
 
 
 def count_rows(path: str | os.PathLike) -> int:
@@ -130,16 +151,25 @@ def _locked(out: str | os.PathLike, flag: str) -> Iterator[Path]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    deadline = None
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise UsageError(f"{folder} is in use by {_holder(path)}; wait for it to finish, "
-                                 f"or choose another {flag}") from None
-            raise
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            pid = _holder_pid(path)
+            # a killed writer's forked children (data loader workers) still hold the file for a
+            # moment after it died: wait for them rather than refuse the run's own --resume
+            if pid is not None and not _alive(pid):
+                deadline = deadline or time.monotonic() + ORPHAN_WAIT_S
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+            raise UsageError(f"{folder} is in use by {_holder(path)}; wait for it to finish, "
+                             f"or choose another {flag}") from None
         try:  # the holder before us may have removed the file we opened: lock the one on disk
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
