@@ -38,7 +38,9 @@ from torch import Tensor
 
 from vattn_cli.atomic import atomic_open
 from vattn_cli.errors import UsageError, article
-from vattn_cli.zoo.hf_video import HF_VIDEO_ARCHS, check_architecture, video_vit_config, video_vit_to_vattn_names
+from vattn_cli.zoo.hf_video import (
+    HF_VIDEO_ARCHS, check_architecture, square, video_vit_config, video_vit_to_vattn_names,
+)
 from vattn_cli.zoo.layers import resize_embeddings_
 from vattn_cli.zoo.registry import SIZES, create_model_from_config
 
@@ -423,14 +425,6 @@ def hf_to_vattn_names(state: dict[str, Tensor], source: Path) -> dict[str, Tenso
     return out
 
 
-def _square(value: Any, what: str, source: Path) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise UsageError(f"checkpoint {source}: non-square {what} {list(value)} is not supported")
-        value = value[0]
-    return int(value)
-
-
 def hf_config(cfg: dict[str, Any], state: dict[str, Tensor], source: Path) -> dict[str, Any]:
     """Our model config for a HF ``TimesformerConfig`` dict (``config.json``)."""
     attention = cfg.get("attention_type", "divided_space_time")
@@ -451,8 +445,8 @@ def hf_config(cfg: dict[str, Any], state: dict[str, Tensor], source: Path) -> di
         "mlp_ratio": mlp_ratio, "qkv_bias": bool(cfg.get("qkv_bias", True)),
         "norm_eps": float(cfg.get("layer_norm_eps", 1e-6)),
         "frames": int(cfg.get("num_frames", 8)),
-        "img_size": _square(cfg.get("image_size", 224), "image_size", source),
-        "patch": _square(cfg.get("patch_size", 16), "patch_size", source),
+        "img_size": square(cfg.get("image_size", 224), "image_size", source),
+        "patch": square(cfg.get("patch_size", 16), "patch_size", source),
         "num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0,
         "in_chans": int(cfg.get("num_channels", 3)),
         "drop_rate": float(cfg.get("hidden_dropout_prob", 0.0)),

@@ -121,7 +121,8 @@ def video_vit_to_vattn_names(state: dict[str, Tensor], model_type: str, source: 
     return out
 
 
-def _square(value: Any, what: str, source: Path) -> int:
+def square(value: Any, what: str, source: Path) -> int:
+    """One side of a Hugging Face size field (an int, or a list of equal ints); vattn's grids are square."""
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
             raise UsageError(f"checkpoint {source}: non-square {what} {list(value)} is not supported")
@@ -149,7 +150,7 @@ def video_vit_config(cfg: dict[str, Any], state: dict[str, Tensor], model_type: 
         tubelet_size = cfg.get("tubelet_size", [2, 16, 16])
         if not isinstance(tubelet_size, (list, tuple)) or len(tubelet_size) != 3:
             raise UsageError(f"checkpoint {source}: tubelet_size {tubelet_size!r} is not [t, p, p]")
-        tubelet, patch = int(tubelet_size[0]), _square(list(tubelet_size[1:]), "tubelet_size", source)
+        tubelet, patch = int(tubelet_size[0]), square(list(tubelet_size[1:]), "tubelet_size", source)
         extra = {"mlp_act": _mlp_act(cfg, "gelu_fast", source), "pos_embed": "joint", "pool": "auto",
                  "norm_eps": float(cfg.get("layer_norm_eps", 1e-6)), "qkv_bias": bool(cfg.get("qkv_bias", True)),
                  "frames": int(cfg.get("num_frames", 32))}
@@ -157,14 +158,14 @@ def video_vit_config(cfg: dict[str, Any], state: dict[str, Tensor], model_type: 
         if not cfg.get("use_mean_pooling", True):
             raise UsageError(f"checkpoint {source}: use_mean_pooling false (HF classifies the first patch token) "
                              "is not supported; accepted: use_mean_pooling true")
-        tubelet, patch = int(cfg.get("tubelet_size", 2)), _square(cfg.get("patch_size", 16), "patch_size", source)
+        tubelet, patch = int(cfg.get("tubelet_size", 2)), square(cfg.get("patch_size", 16), "patch_size", source)
         extra = {"mlp_act": _mlp_act(cfg, "gelu", source), "pos_embed": "sincos", "pool": "mean",
                  "fc_norm_eps": 1e-5, "norm_eps": float(cfg.get("layer_norm_eps", 1e-12)),
                  "qkv_bias": bool(cfg.get("qv_bias", cfg.get("qkv_bias", True))),
                  "frames": int(cfg.get("num_frames", 16))}
     return {
         "scheme": "joint", "dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": mlp_ratio,
-        "img_size": _square(cfg.get("image_size", 224), "image_size", source), "patch": patch, "tubelet": tubelet,
+        "img_size": square(cfg.get("image_size", 224), "image_size", source), "patch": patch, "tubelet": tubelet,
         "num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0,
         "in_chans": int(cfg.get("num_channels", 3)),
         "drop_rate": float(cfg.get("hidden_dropout_prob", 0.0)),
