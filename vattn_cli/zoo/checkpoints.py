@@ -39,7 +39,7 @@ from torch import Tensor
 from vattn_cli.atomic import atomic_open
 from vattn_cli.errors import UsageError, article
 from vattn_cli.zoo.hf_video import (
-    HF_VIDEO_ARCHS, check_architecture, square, video_vit_config, video_vit_to_vattn_names,
+    HF_VIDEO_ARCHS, check_architecture, encoder_shape, square, video_vit_config, video_vit_to_vattn_names,
 )
 from vattn_cli.zoo.layers import resize_embeddings_
 from vattn_cli.zoo.registry import SIZES, create_model_from_config
@@ -433,13 +433,7 @@ def hf_config(cfg: dict[str, Any], state: dict[str, Tensor], source: Path) -> di
                          + ", ".join(OFFICIAL_SCHEMES))
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise UsageError(f"checkpoint {source}: hidden_act {cfg['hidden_act']!r} is not supported; accepted: gelu")
-    dim = int(cfg.get("hidden_size", 768))
-    depth = int(cfg.get("num_hidden_layers", 12))
-    heads = int(cfg.get("num_attention_heads", 12))
-    hidden = int(cfg.get("intermediate_size", 3072))
-    mlp_ratio = hidden / dim
-    if int(dim * mlp_ratio) != hidden:
-        raise UsageError(f"checkpoint {source}: intermediate_size {hidden} is not expressible for width {dim}")
+    dim, depth, heads, mlp_ratio = encoder_shape(cfg, source)
     return {
         "scheme": OFFICIAL_SCHEMES[attention], "dim": dim, "depth": depth, "num_heads": heads,
         "mlp_ratio": mlp_ratio, "qkv_bias": bool(cfg.get("qkv_bias", True)),

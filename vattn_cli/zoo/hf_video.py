@@ -137,8 +137,8 @@ def _mlp_act(cfg: dict[str, Any], default: str, source: Path) -> str:
     return HF_ACTS[act]
 
 
-def video_vit_config(cfg: dict[str, Any], state: dict[str, Tensor], model_type: str, source: Path) -> dict[str, Any]:
-    """Our model config for a HF ``VivitConfig``/``VideoMAEConfig`` dict (defaults: HF's)."""
+def encoder_shape(cfg: dict[str, Any], source: Path) -> tuple[int, int, int, float]:
+    """Width, depth, heads and MLP ratio of a Hugging Face ViT-style ``config.json`` (HF's base defaults)."""
     dim = int(cfg.get("hidden_size", 768))
     depth = int(cfg.get("num_hidden_layers", 12))
     heads = int(cfg.get("num_attention_heads", 12))
@@ -146,6 +146,12 @@ def video_vit_config(cfg: dict[str, Any], state: dict[str, Tensor], model_type: 
     mlp_ratio = hidden / dim
     if int(dim * mlp_ratio) != hidden:
         raise UsageError(f"checkpoint {source}: intermediate_size {hidden} is not expressible for width {dim}")
+    return dim, depth, heads, mlp_ratio
+
+
+def video_vit_config(cfg: dict[str, Any], state: dict[str, Tensor], model_type: str, source: Path) -> dict[str, Any]:
+    """Our model config for a HF ``VivitConfig``/``VideoMAEConfig`` dict (defaults: HF's)."""
+    dim, depth, heads, mlp_ratio = encoder_shape(cfg, source)
     if model_type == "vivit":
         tubelet_size = cfg.get("tubelet_size", [2, 16, 16])
         if not isinstance(tubelet_size, (list, tuple)) or len(tubelet_size) != 3:
