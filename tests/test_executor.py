@@ -83,9 +83,41 @@ def test_submitit_local_launcher_killed_and_resumed(tmp_path, one_at_a_time) -> 
     assert len(ledger) == 4 and submitted == set(ledger.values())
 
 
+def test_parent_dying_between_submit_and_ledger_loses_and_repeats_nothing(tmp_path, one_at_a_time) -> None:
+    """The window CI once hit by chance: the second job is submitted (its process runs on), and the
+    parent dies before the ledger holds its id. The resumed study must neither lose nor rerun it."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "local"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), VATTN_TEST_DIE_AT_RECORD="2")
+    died = subprocess.run([sys.executable, "-c", _TOKENS_LOCAL, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stderr
+    ledger = json.loads((out / "slurm" / "jobs.json").read_text())
+    submitted = {p.name.split("_")[0] for p in (out / "slurm").glob("*_submitted.pkl")}
+    assert len(ledger) == 1 and len(submitted) == 2  # one job submitted that the ledger does not know
+    del env["VATTN_TEST_DIE_AT_RECORD"]
+    resumed = subprocess.run([sys.executable, "-c", _TOKENS_LOCAL, str(out), "resume"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    after = pd.read_csv(out / "tokens.csv")
+    pd.testing.assert_frame_equal(_counts(after), _counts(one_at_a_time), check_dtype=False)
+    ledger = json.loads((out / "slurm" / "jobs.json").read_text())
+    submitted = {p.name.split("_")[0] for p in (out / "slurm").glob("*_submitted.pkl")}
+    assert len(ledger) == 4 and submitted == set(ledger.values())  # the orphan adopted, not resubmitted
+
+
 _TOKENS_LOCAL = """
-import sys
-from vattn_cli.ablate import tokens
+import os, sys
+from vattn_cli.ablate import launchers, tokens
+die_at = int(os.environ.get("VATTN_TEST_DIE_AT_RECORD", "0"))
+if die_at:  # the parent dies after submitting job number die_at, before its id is in the ledger
+    record, calls = launchers.Ledger.record, []
+    def dying_record(self, key, job_id):
+        calls.append(key)
+        if len(calls) == die_at:
+            os._exit(9)
+        record(self, key, job_id)
+    launchers.Ledger.record = dying_record
 from vattn_cli.ablate.executor import Launch
 plan = tokens.plan(["joint", "divided"], frames=[2, 4], sizes=[32], model="tiny")
 tokens.run(plan, sys.argv[1], measures=["params", "flops"], isolate=False, resume=len(sys.argv) > 2,

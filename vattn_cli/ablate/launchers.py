@@ -12,7 +12,11 @@ A study killed on the login node and started again with ``--resume``:
 - a job still queued or running (Slurm says so; locally, its controller process is alive) is
   waited for, not resubmitted;
 - a job that ended without a result (failed, cancelled, timed out) or was never submitted is
-  submitted (again).
+  submitted (again);
+- a job submitted in the instant the parent died, before its id reached the ledger, is found by
+  its submitit files (``<id>_submitted.pkl``, an id the ledger does not hold): while any such job
+  is alive, nothing unaccounted for is submitted; its result names its key and id, and the ledger
+  takes both when it is collected.
 
 So a finished job never runs twice. Local jobs run at most ``--jobs`` at once; a Slurm study is
 submitted in one go (a job array, ``--slurm-array-parallelism`` bounding how many run at once).
@@ -46,10 +50,20 @@ def result_name(key: str) -> str:
 def run_job_to_file(job: dict[str, Any], result_path: str) -> dict[str, Any]:
     """What a submitit job runs: the job, then its row to ``result_path`` (atomically)."""
     row = run_job(job)
-    data = json.dumps({"key": job["key"], "row": row}, default=_plain).encode("utf-8")
+    data = json.dumps({"key": job["key"], "job_id": _own_job_id(), "row": row}, default=_plain).encode("utf-8")
     with atomic_open(result_path) as fh:
         fh.write(data)
     return row
+
+
+def _own_job_id() -> str | None:
+    """The id submitit gave the job running this (None where it gives none, as in the debug executor)."""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)
+    except Exception:  # noqa: BLE001 - only the ledger's bookkeeping needs it
+        return None
 
 
 def _plain(value: Any) -> Any:
@@ -104,8 +118,23 @@ class Ledger:
     def record(self, key: str, job_id: str) -> None:
         self.ids[key] = str(job_id)
         self.submissions[key] = self.submissions.get(key, 0) + 1
+        self._write()
+
+    def adopt(self, key: str, job_id: str) -> None:
+        """A job whose id the parent did not live to record: its result says which it was."""
+        if self.ids.get(key) != str(job_id):
+            self.ids[key] = str(job_id)
+            self._write()
+
+    def _write(self) -> None:
         with atomic_open(self.path) as fh:
             fh.write(json.dumps(self.ids, indent=1, sort_keys=True).encode("utf-8"))
+
+    def orphans(self, folder: Path) -> list[str]:
+        """Ids submitit holds files for that the ledger never recorded (nor replaced by a resubmission)."""
+        known = set(self.ids.values())
+        found = (p.name[:-len("_submitted.pkl")] for p in folder.glob("*_submitted.pkl"))
+        return sorted(i for i in found if i not in known)
 
 
 def _local_alive(job_id: str) -> bool:
@@ -168,9 +197,15 @@ def run_submitit(jobs: Sequence[Job], launch: Launch, on_row: Callable[[Job, dic
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
+        if data.get("job_id"):
+            ledger.adopt(job.key, data["job_id"])
         on_row(job, mark(data["row"], launch))
         return True
 
+    orphans = [i for i in ledger.orphans(folder) if _alive(launch, folder, i)]
+    while orphans:  # submitted as the last session died: wait, since any of the unrecorded keys may be theirs
+        time.sleep(launch.poll_s)
+        orphans = [i for i in orphans if _alive(launch, folder, i)]
     pending: list[Job] = []
     watching: dict[str, tuple[Job, str, Any]] = {}  # key -> (job, job id, live submitit job or None)
     for job in jobs:
@@ -227,13 +262,20 @@ def run_submitit(jobs: Sequence[Job], launch: Launch, on_row: Callable[[Job, dic
 
 def _submit(executor: Any, launch: Launch, wave: list[Job], results: Path, ledger: Ledger,
             watching: dict, on_start: Callable[[Job], None] | None) -> None:
+    def submit(job: Job) -> Any:
+        return executor.submit(run_job_to_file, asdict(job), str(results / result_name(job.key)))
+
     if launch.launcher == "slurm" and len(wave) > 1:
         with executor.batch():
-            live = [executor.submit(run_job_to_file, asdict(j), str(results / result_name(j.key))) for j in wave]
-    else:
-        live = [executor.submit(run_job_to_file, asdict(j), str(results / result_name(j.key))) for j in wave]
+            live = [submit(j) for j in wave]
+        for job, sj in zip(wave, live):
+            ledger.record(job.key, sj.job_id)
+    else:  # each id to the ledger as soon as it exists
+        live = []
+        for job in wave:
+            live.append(submit(job))
+            ledger.record(job.key, live[-1].job_id)
     for job, sj in zip(wave, live):
-        ledger.record(job.key, sj.job_id)
         watching[job.key] = (job, str(sj.job_id), sj)
         if on_start:
             on_start(job)
