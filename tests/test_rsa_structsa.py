@@ -178,6 +178,40 @@ def test_structsa_with_one_identity_pattern_is_joint_attention() -> None:
         assert (struct(x, grid) - joint(x, grid)).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("grid", [Grid(2, 3, 4), Grid(4, 4, 4), Grid(3, 5, 2)])
+@pytest.mark.parametrize("scheme", ["rsa", "structsa"])
+def test_training_matrix_form_equals_reference_and_convolution_gradients(scheme, grid, monkeypatch) -> None:
+    """With autograd on, small grids take _grid.window_matrix; outputs must still match the naive
+    reference, and every gradient the convolution path's."""
+    import vattn_cli.zoo.schemes._grid as grid_module
+
+    block = RSABlock(BlockArgs(16, 2)) if scheme == "rsa" else StructSABlock(BlockArgs(16, 2), patterns=3)
+    layer = block.attn
+    randomise_(layer)
+    reference = rsa_reference if scheme == "rsa" else structsa_reference
+    x = torch.randn(2, grid.patches, 16)
+    taken = []
+    real = grid_module.window_matrix
+    monkeypatch.setattr(f"vattn_cli.zoo.schemes.{scheme}.window_matrix", lambda *a: taken.append(1) or real(*a))
+
+    def grads(x):
+        x = x.clone().requires_grad_()
+        layer.zero_grad()
+        out = layer(x, grid)
+        out.square().sum().backward()
+        return out.detach(), [x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+    out, matrix_grads = grads(x)
+    assert taken  # the matrix form ran
+    assert (out.double() - reference(layer, x, grid)).abs().max().item() < 1e-5
+    monkeypatch.setattr(grid_module, "MATRIX_TOKENS", 0)
+    taken.clear()
+    _, conv_grads = grads(x)
+    assert not taken
+    for got, want in zip(matrix_grads, conv_grads):
+        assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
 # ---------------------------------------------------------------------------- memory shape
 
 

@@ -29,6 +29,15 @@ a grouped 3D convolution (``H`` depthwise over key channels, ``Hv`` and ``G`` ov
 channels folded into the batch) and every sum over channels is an einsum; the largest
 intermediate holds ``dk * dd`` numbers per token, never an ``M``-fold copy of the channels.
 
+Training on small grids: while autograd records and the grid has no more tokens than the
+window has offsets (every neighbourhood mostly border), the two value convolutions run as one
+product with the window's weights laid out as a token x token matrix
+(:func:`~vattn_cli.zoo.schemes._grid.window_matrix`): the same sums with fewer multiplies, 4-5x
+faster forward plus backward on the built-in tasks' 4 x 4 grids on CPU, where the convolution's
+backward is slow. Inference (no autograd) and FLOP counting (a trace) always convolve. The key
+convolution (``dk`` groups of ``dd`` kernels) keeps its convolution: its matrices would hold
+``dk * dd * N^2`` numbers.
+
 Borders: the convolutions zero-pad, so a neighbour outside the grid contributes nothing to
 any sum; the neighbourhood is *clipped*, the weights of the remaining offsets are unchanged
 (no renormalisation).
@@ -50,7 +59,7 @@ from torch import Tensor, nn
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
-from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.schemes._grid import triple, use_matrix, window_matrix
 from vattn_cli.zoo.steps import AttentionStep, around
 
 #: L2 normalisation floor (the official layer uses 1e-6).
@@ -111,9 +120,15 @@ class RelationalAttention(nn.Module):
         # Context: each value channel is one single-channel volume (batch-folded), so one
         # convolution serves all channels; G's output against Hv's is the projected
         # value-value self-correlation, I adds the plain values.
-        values = rearrange(v, "b (t y x) c -> (b c) 1 t y x", t=t, y=h, x=w)
-        latent = rearrange(self.context_conv(values), "(b c) d t y x -> (b t y x) c d", b=b).contiguous()
-        relation = rearrange(self.relation_conv(values), "(b c) e t y x -> (b t y x) c e", b=b).contiguous()
+        if use_matrix(grid) and t * h * w <= math.prod(self.window):
+            latent, relation = (
+                torch.einsum("bqc,dqn->bncd", v, window_matrix(conv.weight[:, 0], grid)).flatten(0, 1)
+                for conv in (self.context_conv, self.relation_conv)
+            )
+        else:
+            values = rearrange(v, "b (t y x) c -> (b c) 1 t y x", t=t, y=h, x=w)
+            latent = rearrange(self.context_conv(values), "(b c) d t y x -> (b t y x) c d", b=b).contiguous()
+            relation = rearrange(self.relation_conv(values), "(b c) e t y x -> (b t y x) c e", b=b).contiguous()
         context = torch.einsum("ace,acd->aed", relation + self.context_mix, latent)
 
         out = torch.einsum("ahd,aed->aeh", kernel, context)

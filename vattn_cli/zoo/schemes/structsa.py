@@ -26,6 +26,13 @@ Options:
 * ``kv_stride``: stride of the key/value convolutions, the paper's "-S" variants that cut the
   pseudo-tokens; an int ``s`` strides space only (``(1, s, s)``), a triple gives ``(t, h, w)``.
 
+Training on small grids (``share="head"``, stride 1, at most
+:data:`~vattn_cli.zoo.schemes._grid.MATRIX_TOKENS` tokens): the structured keys and values are one
+product with each head's patterns laid out as token x token matrices
+(:func:`~vattn_cli.zoo.schemes._grid.window_matrix`) instead of the depthwise convolution, whose
+backward is slow on CPU at such grids; the same sums, more multiplies (``N`` per output instead
+of the window's 27), each a GEMM. Inference (no autograd) and FLOP counting (a trace) convolve.
+
 Borders: the convolutions zero-pad, so neighbours outside the grid are left out of the sums
 (the window is clipped; the remaining kernel weights are not renormalised). With a stride the
 structured tokens sit at every ``s``-th grid position from the first (``ceil(T/s)`` along each
@@ -49,7 +56,7 @@ from vattn_cli.errors import UsageError, one_of
 from vattn_cli.zoo.layers import Attention
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
-from vattn_cli.zoo.schemes._grid import triple
+from vattn_cli.zoo.schemes._grid import triple, use_matrix, window_matrix
 from vattn_cli.zoo.steps import AttentionStep, covered_grid, with_query
 
 SHARE_MODES = ("head", "channel")
@@ -94,6 +101,9 @@ class StructuralAttention(Attention):
         Pseudo-token ``n' * D + d`` is pattern ``d`` at (strided) grid position ``n'``.
         """
         heads, head_dim = x.shape[1], x.shape[3]
+        if self.share == "head" and self.kv_stride == (1, 1, 1) and use_matrix(grid):  # see _grid.window_matrix
+            matrix = window_matrix(kernels.flatten(0, 1), grid).unflatten(0, (heads, self.patterns))
+            return torch.einsum("bhqc,hdqn->bhndc", x, matrix).flatten(2, 3)
         channels = heads * head_dim
         if self.share == "head":  # every channel of a head gets the head's kernels
             kernels = kernels.unsqueeze(1).expand(heads, head_dim, *kernels.shape[1:])
