@@ -196,3 +196,14 @@ def test_pos_embed_study_writes_its_csv(tmp_path, cache) -> None:
     assert (tmp_path / "pos_embed.png").exists() and (tmp_path / "pos_embed.md").exists()
     assert "| pos_embed |" in (tmp_path / "pos_embed.md").read_text()
     assert len(result.frame) == 3
+
+
+def test_loader_workers_default_follows_the_data() -> None:
+    """Built-in clips load in the run's process (frame cache; a worker per run starved beside the
+    other runs); a user's videos get one decoding worker; a given --workers always wins."""
+    from vattn_cli.ablate.config import StudyConfig
+
+    assert StudyConfig().loader_workers("builtin:motion") == 0
+    assert StudyConfig().loader_workers("lists/train.csv") == 1
+    assert StudyConfig(workers=3).loader_workers("builtin:motion") == 3
+    assert StudyConfig(workers=0).loader_workers("lists/train.csv") == 0

@@ -183,7 +183,7 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
         root=config.root, cache_dir=config.cache_dir, data_options=builtin_options(run.data, config),
         model=config.model, frames=run.frames, size=run.size, patch=config.patch, model_options=options,
         tubelet=config.tubelet if config.tubelet != 1 else None,
-        epochs=config.epochs, batch=config.batch, lr=config.lr, workers=config.workers, seed=run.seed,
+        epochs=config.epochs, batch=config.batch, lr=config.lr, workers=config.loader_workers(run.data), seed=run.seed,
         device=config.device, resume=resume, tensorboard=config.tensorboard,
     )
     started = time.perf_counter()
@@ -191,7 +191,7 @@ def run_one(run: Run, out: Path, config: StudyConfig, *, resume: bool, progress:
     train_s = time.perf_counter() - started
     val_spec = run.val if run.val is not None else run.data
     ev = evaluate(result.model, val_spec, views=config.views, frames=run.frames, size=run.size, batch=16,
-                  workers=config.workers, seed=run.seed, root=config.root, cache_dir=config.cache_dir,
+                  workers=config.loader_workers(val_spec), seed=run.seed, root=config.root, cache_dir=config.cache_dir,
                   data_options=builtin_options(run.data, config) if run.val is None else None,
                   progress=progress)
     device = next(result.model.parameters()).device.type

@@ -173,7 +173,8 @@ BatchFlag = Annotated[Optional[int], typer.Option(
 LrFlag = Annotated[Optional[float], typer.Option(
     "--lr", min=0.0, help=f"Peak learning rate, AdamW with cosine decay (default: {StudyConfig.lr:g}).")]
 WorkersFlag = Annotated[Optional[int], typer.Option(
-    "--workers", min=0, help=f"Data loader worker processes (default: {StudyConfig.workers}).")]
+    "--workers", min=0, help="Data loader worker processes per run (default: 0 on built-in data, whose frames "
+    "are cached, so clips load in the run's own process; 1 on your own videos).")]
 ClipsFlag = Annotated[Optional[str], typer.Option(
     "--clips", help="Built-in data only: TRAIN,VAL videos generated per task (default: "
     + ", ".join(f"{default_text(counts)} for {task}" for task, counts in DEFAULT_CLIPS.items()) + ").")]
