@@ -288,7 +288,7 @@ For each dataset x scheme x (frames, size) x seed: trains the model (OUT/runs/<d
 
 Writes OUT/accuracy_vs_gflops.png|svg (top-1 against GFLOPs, one panel per dataset, Pareto frontier) and OUT/summary.md (the TimeSformer paper's Table 1 shape). On builtin:motion, the reversal-pair accuracy (pair_acc) shows which schemes see the order of frames.
 
-The defaults ({StudyConfig.model} model, {default_text(DEFAULT_SIZES)} px with {StudyConfig.patch} px patches, {StudyConfig.epochs} epochs, {DEFAULT_CLIPS['motion'][0]} generated motion and {DEFAULT_CLIPS['appearance'][0]} appearance clips) run two at a time on a 2-core CPU (--jobs; 52 runs for every scheme on both tasks, 23 minutes there from a fresh install); on a GPU raise --sizes, --frames, --epochs and --clips.
+The defaults ({StudyConfig.model} model, {default_text(DEFAULT_SIZES)} px with {StudyConfig.patch} px patches, {StudyConfig.epochs} epochs, {DEFAULT_CLIPS['motion'][0]} generated motion and {DEFAULT_CLIPS['appearance'][0]} appearance clips) run two at a time on a 2-core CPU (--jobs; 52 runs for every scheme on both tasks, 21 minutes there from a fresh install); on a GPU raise --sizes, --frames, --epochs and --clips.
 
 Example: vattn ablate schemes --out runs/schemes
 
