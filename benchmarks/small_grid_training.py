@@ -1,5 +1,7 @@
-"""Training step time of rsa and structsa with and without the small-grid matrix form
-(``vattn_cli.zoo.schemes._grid.window_matrix``), interleaved so both see the same machine.
+"""Training step time of rsa and structsa with and without the small-grid matrix forms, interleaved
+so all see the same machine: ``conv`` convolves everywhere; ``matrix`` takes
+``vattn_cli.zoo.schemes._grid.window_matrix`` for the single-channel window convolutions only;
+``frames`` (what training runs) also takes ``_grid.frames_conv`` for rsa's key convolution.
 
 The setting is README's main job: tiny model, 32 px in 8 px patches (4 x 4 grids), batch 8,
 one thread (what each of ``--jobs 2``'s runs gets on a 2-core machine), AdamW steps.
@@ -23,8 +25,11 @@ import vattn_cli.zoo.schemes._grid as grid_module  # noqa: E402
 from vattn_cli.zoo import create_model  # noqa: E402
 
 
-def step_ms(scheme: str, frames: int, matrix: bool, steps: int) -> float:
-    grid_module.MATRIX_TOKENS = 256 if matrix else 0
+MODES = {"conv": (0, 0), "matrix": (256, 0), "frames": (256, 2**24)}  # MATRIX_TOKENS, FRAMES_MATRIX_NUMBERS
+
+
+def step_ms(scheme: str, frames: int, mode: str, steps: int) -> float:
+    grid_module.MATRIX_TOKENS, grid_module.FRAMES_MATRIX_NUMBERS = MODES[mode]
     torch.manual_seed(0)
     model = create_model(scheme, size="tiny", frames=frames, img_size=32, patch=8, num_classes=8)
     opt = torch.optim.AdamW(model.parameters(), 5e-4)
@@ -51,15 +56,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{'scheme':10s} {'frames':>6s} {'conv ms':>9s} {'matrix ms':>10s} {'speed-up':>9s}")
+    print(f"{'scheme':10s} {'frames':>6s}" + "".join(f" {mode + ' ms':>10s}" for mode in MODES) + "  conv/frames matrix/frames")
     for scheme in args.schemes.split(","):
         for frames in map(int, args.frames.split(",")):
-            conv, matrix = [], []
+            times: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(args.rounds):
-                conv.append(step_ms(scheme, frames, False, args.steps))
-                matrix.append(step_ms(scheme, frames, True, args.steps))
-            c, m = statistics.median(conv), statistics.median(matrix)
-            print(f"{scheme:10s} {frames:6d} {c:9.1f} {m:10.1f} {c / m:8.2f}x", flush=True)
+                for mode in MODES:
+                    times[mode].append(step_ms(scheme, frames, mode, args.steps))
+            ms = {mode: statistics.median(values) for mode, values in times.items()}
+            print(f"{scheme:10s} {frames:6d}" + "".join(f" {ms[mode]:10.1f}" for mode in MODES)
+                  + f"  {ms['conv'] / ms['frames']:10.2f}x {ms['matrix'] / ms['frames']:11.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from itertools import product
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
@@ -201,8 +202,11 @@ def test_training_matrix_form_equals_reference_and_convolution_gradients(scheme,
         out.square().sum().backward()
         return out.detach(), [x.grad] + [p.grad.clone() for p in layer.parameters()]
 
+    if scheme == "rsa":  # the key convolution trains through frames_conv
+        real_frames = grid_module.frames_conv
+        monkeypatch.setattr("vattn_cli.zoo.schemes.rsa.frames_conv", lambda *a: taken.append(2) or real_frames(*a))
     out, matrix_grads = grads(x)
-    assert taken  # the matrix form ran
+    assert 1 in taken and (scheme != "rsa" or 2 in taken)  # the matrix forms ran
     assert (out.double() - reference(layer, x, grid)).abs().max().item() < 1e-5
     monkeypatch.setattr(grid_module, "MATRIX_TOKENS", 0)
     taken.clear()
@@ -210,6 +214,36 @@ def test_training_matrix_form_equals_reference_and_convolution_gradients(scheme,
     assert not taken
     for got, want in zip(matrix_grads, conv_grads):
         assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize(("grid", "window", "kernels"), [((8, 4, 4), (5, 7, 7), 3), ((3, 5, 2), (3, 3, 5), 2), ((6, 2, 3), (5, 3, 3), 1)])
+def test_frames_conv_equals_the_grouped_convolution_both_ways(grid, window, kernels) -> None:
+    from vattn_cli.zoo.schemes._grid import frames_conv
+
+    channels = 4
+    x = torch.randn(3, channels, *grid, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(channels * kernels, 1, *window, dtype=torch.float64, requires_grad=True)
+    conv = F.conv3d(x, weight, padding=tuple(k // 2 for k in window), groups=channels)
+    want = conv.reshape(3, channels, kernels, -1).permute(1, 0, 3, 2).reshape(channels, -1, kernels)  # [C, (B T H W), R]
+    got = frames_conv(x, weight, grid)
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() < 1e-12
+    upstream = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (x, weight), upstream), torch.autograd.grad(want, (x, weight), upstream)):
+        assert (a - b).abs().max().item() < 1e-10
+
+
+def test_structsa_training_takes_the_fused_attention_kernel() -> None:
+    """Strided keys sent SDPA to its math path (``_safe_softmax``), 1.24x slower per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    block = StructSABlock(BlockArgs(16, 2), patterns=3)
+    x, grid = torch.randn(2, Grid(4, 4, 4).patches, 16, requires_grad=True), Grid(4, 4, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        block.attn(x, grid).sum().backward()
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_safe_softmax" not in ops and "aten::_scaled_dot_product_attention_math" not in ops
 
 
 # ---------------------------------------------------------------------------- memory shape

@@ -34,9 +34,10 @@ window has offsets (every neighbourhood mostly border), the two value convolutio
 product with the window's weights laid out as a token x token matrix
 (:func:`~vattn_cli.zoo.schemes._grid.window_matrix`): the same sums with fewer multiplies, 4-5x
 faster forward plus backward on the built-in tasks' 4 x 4 grids on CPU, where the convolution's
-backward is slow. Inference (no autograd) and FLOP counting (a trace) always convolve. The key
-convolution (``dk`` groups of ``dd`` kernels) keeps its convolution: its matrices would hold
-``dk * dd * N^2`` numbers.
+backward is slow. The key convolution (``dk`` groups of ``dd`` kernels) would need
+``dk * dd * N^2`` numbers that way; it trains through :func:`~vattn_cli.zoo.schemes._grid.frames_conv`
+instead, with matrices over one frame's tokens and shifts along time (``dk * dd * kt * (H W)^2``
+numbers). Inference (no autograd) and FLOP counting (a trace) always convolve.
 
 Borders: the convolutions zero-pad, so a neighbour outside the grid contributes nothing to
 any sum; the neighbourhood is *clipped*, the weights of the remaining offsets are unchanged
@@ -59,7 +60,7 @@ from torch import Tensor, nn
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
-from vattn_cli.zoo.schemes._grid import triple, use_matrix, window_matrix
+from vattn_cli.zoo.schemes._grid import frames_conv, frames_conv_fits, triple, use_matrix, window_matrix
 from vattn_cli.zoo.steps import AttentionStep, around
 
 #: L2 normalisation floor (the official layer uses 1e-6).
@@ -113,9 +114,14 @@ class RelationalAttention(nn.Module):
 
         # Kernel: H sums each key channel over the neighbourhood into dd latent dims; the
         # query then contracts the channels (relational), plus the query's own projection P.
-        keys = self.key_conv(rearrange(k, "b (t y x) c -> b c t y x", t=t, y=h, x=w))
-        keys = rearrange(keys, "b (c d) t y x -> (b t y x) c d", d=self.dd).contiguous()
-        kernel = torch.einsum("ach,acd->ahd", q, keys + self.query_basis)
+        volume = rearrange(k, "b (t y x) c -> b c t y x", t=t, y=h, x=w)
+        if frames_conv_fits(self.key_conv.weight, grid):  # training on small grids: keys [c, a, d]
+            keys = frames_conv(volume, self.key_conv.weight, grid)
+            # P apart: adding it to every position's keys would cost a slow strided sum backward
+            kernel = torch.einsum("ach,cad->ahd", q, keys) + torch.einsum("ach,cd->ahd", q, self.query_basis)
+        else:
+            keys = rearrange(self.key_conv(volume), "b (c d) t y x -> (b t y x) c d", d=self.dd).contiguous()
+            kernel = torch.einsum("ach,acd->ahd", q, keys + self.query_basis)
 
         # Context: each value channel is one single-channel volume (batch-folded), so one
         # convolution serves all channels; G's output against Hv's is the projected
