@@ -2,8 +2,9 @@
 run (start-up, measuring, row writes, plotting), `--resume` it, and check the rows equal an
 uninterrupted run's, each exactly once, with no temporary file, lock or worker folder left.
 
-The same for `train` (in-memory random clips, tests/_fake_data_cli.py): killed at points drawn
-across the run, resumed, its final weights and metrics must equal an uninterrupted run's.
+The same for a tiny `ablate schemes` study (its rows, accuracy and training loss included) and
+for `train` (in-memory random clips, tests/_fake_data_cli.py): killed at points drawn across the
+run, resumed, its final rows, or weights and metrics, must equal an uninterrupted run's.
 
 Each test prints the count of kill points tried and of those that lost or duplicated anything (target 0).
 """
@@ -167,4 +168,68 @@ def test_train_killed_at_many_points_resumes_to_the_same_weights(tmp_path) -> No
     print(f"\nfault injection (train): {tried} kill points tried (of {TRAIN_POINTS} drawn), {len(failures)} lost or "
           "duplicated anything")
     assert tried >= TRAIN_POINTS // 2, f"only {tried} kills landed before the run ended"
+    assert not failures, failures
+
+
+STUDY = ["ablate", "schemes", "--data", "builtin:appearance", "--schemes", "space,joint", "--frames", "2",
+         "--sizes", "32", "--model", "tiny", "--patch", "16", "--epochs", "2", "--batch", "4", "--clips", "16,8",
+         "--workers", "0", "-q"]
+#: A study's columns that must match an uninterrupted run's exactly (seeded, one thread per run).
+STUDY_EXACT = ["dataset", "scheme", "frames", "size", "seed", "params_m", "gflops", "top1", "top5", "train_loss",
+               "status"]
+STUDY_POINTS = 4
+
+
+def _study(out: Path, cache: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vattn_cli", *STUDY, "--cache-dir", str(cache), *extra,
+                             "--out", str(out)], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _study_rows(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "schemes.csv")[STUDY_EXACT].sort_values("scheme").reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_study_killed_at_many_points_resumes_to_the_same_rows(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    first = _study(tmp_path / "warm", cache)  # generates the built-in clips once, outside the timed reference
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    started = time.monotonic()
+    reference = _study(tmp_path / "ref", cache)
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    duration = time.monotonic() - started
+    want = _study_rows(tmp_path / "ref")
+    assert len(want) == 2
+
+    rng = random.Random(1819)
+    delays = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(STUDY_POINTS))
+    tried, failures = 0, []
+    for i, delay in enumerate(delays):
+        sig = signal.SIGKILL if i % 2 == 0 else signal.SIGINT
+        out = tmp_path / f"kill{i}"
+        proc = _study(out, cache)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            tried += 1
+        _, err = proc.communicate(timeout=300)
+        where = f"point {i} ({sig.name} at {delay:.2f} s of {duration:.2f} s)"
+        if sig == signal.SIGINT and proc.returncode not in (0, -signal.SIGINT):
+            lines = [line for line in err.splitlines() if line.strip()]
+            if proc.returncode != 130 or len(lines) != 1 or not lines[0].startswith("vattn: interrupted"):
+                failures.append(f"{where}: exit {proc.returncode}, stderr {err!r}")
+        resumed = _study(out, cache, "--resume") if out.exists() else _study(out, cache)
+        if resumed.wait(timeout=300) != 0:
+            failures.append(f"{where}: resume failed: {resumed.stderr.read()}")
+            continue
+        got = _study_rows(out)
+        if not got.equals(want):
+            failures.append(f"{where}: rows differ from the uninterrupted study's:\n{got}\n{want}")
+        leftovers = [str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".lock"]
+        if leftovers:
+            failures.append(f"{where}: left behind {leftovers}")
+    print(f"\nfault injection (ablate schemes): {tried} kill points tried (of {STUDY_POINTS} drawn), {len(failures)} "
+          "lost or duplicated anything")
+    assert tried >= STUDY_POINTS // 2, f"only {tried} kills landed before the study ended"
     assert not failures, failures

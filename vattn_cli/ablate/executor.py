@@ -249,18 +249,19 @@ def _run_pool(jobs: list[Job], launch: Launch, on_row: RowFn, refine: RefineFn,
                 on_row(job, mark(row, launch))
                 done += 1
     except BaseException:
+        slots = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
         for future in running:
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
-        _stop_slots(pool)
+        _stop_slots(slots)
         raise
     pool.shutdown(wait=True)
     return done
 
 
-def _stop_slots(pool: Any) -> None:
+def _stop_slots(slots: list[Any]) -> None:
     """On Ctrl-C or a failed job: stop the slot processes now rather than after their runs."""
-    for proc in list(getattr(pool, "_processes", {}).values() or []):
+    for proc in slots:
         try:
             proc.kill()
         except Exception:  # noqa: BLE001 - already gone
