@@ -14,6 +14,7 @@ shifts along time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -52,7 +53,7 @@ def window_index(window: Sequence[int], grid: Sequence[int]) -> Tensor:
     flat = torch.zeros_like(offset[0])
     for axis, extent in enumerate(window):
         flat = flat * extent + offset[axis]
-    return torch.where(inside, flat, int(size.prod()))
+    return torch.where(inside, flat, math.prod(window))
 
 
 def window_matrix(weight: Tensor, grid: tuple[int, int, int]) -> Tensor:
