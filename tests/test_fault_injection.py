@@ -68,6 +68,37 @@ def _worker_folders_of(pids: list[int]) -> list[str]:
     return [folder.name for pid in pids for folder in root.glob(f"vattn-worker-{pid}-*")]
 
 
+def _kill_and_wait(proc: subprocess.Popen, delay: float, sig: signal.Signals) -> tuple[bool, str]:
+    """Send ``sig`` after ``delay`` unless the process ended first; whether it landed, and stderr."""
+    time.sleep(delay)
+    landed = proc.poll() is None
+    if landed:
+        proc.send_signal(sig)
+    return landed, proc.communicate(timeout=300)[1]
+
+
+def _ctrl_c_problems(where: str, sig: signal.Signals, code: int, err: str) -> list[str]:
+    """A SIGINT that landed must give exit 130 and the one "interrupted" line (or a clean finish)."""
+    if sig != signal.SIGINT or code in (0, -signal.SIGINT):
+        return []
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code != 130 or len(lines) != 1 or not lines[0].startswith("vattn: interrupted"):
+        return [f"{where}: exit {code}, stderr {err!r}"]
+    return []
+
+
+def _leftovers(where: str, out: Path) -> list[str]:
+    found = [str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".lock"]
+    return [f"{where}: left behind {found}"] if found else []
+
+
+def _conclude(what: str, tried: int, drawn: int, failures: list[str]) -> None:
+    print(f"\nfault injection ({what}): {tried} kill points tried (of {drawn} drawn), {len(failures)} lost or "
+          "duplicated anything")
+    assert tried >= drawn // 2, f"only {tried} kills landed before the {what} run ended"
+    assert not failures, failures
+
+
 @pytest.mark.slow
 def test_kills_at_many_points_then_resume_lose_and_duplicate_nothing(tmp_path, capsys) -> None:
     started = time.monotonic()
@@ -86,16 +117,10 @@ def test_kills_at_many_points_then_resume_lose_and_duplicate_nothing(tmp_path, c
         isolation = "--isolate" if i % 3 == 1 else "--no-isolate"  # worker processes too
         proc = _start(out, isolation)
         killed_pids.append(proc.pid)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            tried += 1
-        _, err = proc.communicate(timeout=300)
+        landed, err = _kill_and_wait(proc, delay, sig)
+        tried += landed
         where = f"point {i} ({sig.name} at {delay:.2f} s of {duration:.2f} s)"
-        if sig == signal.SIGINT and proc.returncode not in (0, -signal.SIGINT):
-            lines = [line for line in err.splitlines() if line.strip()]
-            if proc.returncode != 130 or len(lines) != 1 or not lines[0].startswith("vattn: interrupted"):
-                failures.append(f"{where}: exit {proc.returncode}, stderr {err!r}")
+        failures += _ctrl_c_problems(where, sig, proc.returncode, err)
         capsys.readouterr()
         isolate._SWEPT = False  # each CLI run is a fresh process; here the resumes share this one
         with pytest.raises(SystemExit) as exited:
@@ -107,10 +132,7 @@ def test_kills_at_many_points_then_resume_lose_and_duplicate_nothing(tmp_path, c
     stale = _worker_folders_of(killed_pids)
     if stale:
         failures.append(f"worker folders of dead parents left: {stale}")
-    print(f"\nfault injection: {tried} kill points tried (of {POINTS} drawn), {len(failures)} lost or duplicated "
-          f"anything")
-    assert tried >= POINTS // 2, f"only {tried} kills landed before the sweep ended"
-    assert not failures, failures
+    _conclude("ablate tokens", tried, POINTS, failures)
 
 
 FAKE_CLI = ROOT / "tests" / "_fake_data_cli.py"
@@ -142,16 +164,10 @@ def test_train_killed_at_many_points_resumes_to_the_same_weights(tmp_path) -> No
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGINT
         out = tmp_path / f"kill{i}"
         proc = _train(out)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            tried += 1
-        _, err = proc.communicate(timeout=300)
+        landed, err = _kill_and_wait(proc, delay, sig)
+        tried += landed
         where = f"point {i} ({sig.name} at {delay:.2f} s of {duration:.2f} s)"
-        if sig == signal.SIGINT and proc.returncode not in (0, -signal.SIGINT):
-            lines = [line for line in err.splitlines() if line.strip()]
-            if proc.returncode != 130 or len(lines) != 1 or not lines[0].startswith("vattn: interrupted"):
-                failures.append(f"{where}: exit {proc.returncode}, stderr {err!r}")
+        failures += _ctrl_c_problems(where, sig, proc.returncode, err)
         resumed = _train(out, "--resume")
         if resumed.wait(timeout=300) != 0:
             failures.append(f"{where}: resume failed: {resumed.stderr.read()}")
@@ -162,13 +178,8 @@ def test_train_killed_at_many_points_resumes_to_the_same_weights(tmp_path) -> No
         metrics = pd.read_csv(out / "metrics.csv")[["epoch", "step", "train_loss", "val_top1"]]
         if not metrics.equals(want_metrics):
             failures.append(f"{where}: metrics.csv differs (rows lost or duplicated)")
-        leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]
-        if leftovers:
-            failures.append(f"{where}: left behind {leftovers}")
-    print(f"\nfault injection (train): {tried} kill points tried (of {TRAIN_POINTS} drawn), {len(failures)} lost or "
-          "duplicated anything")
-    assert tried >= TRAIN_POINTS // 2, f"only {tried} kills landed before the run ended"
-    assert not failures, failures
+        failures += _leftovers(where, out)
+    _conclude("train", tried, TRAIN_POINTS, failures)
 
 
 STUDY = ["ablate", "schemes", "--data", "builtin:appearance", "--schemes", "space,joint", "--frames", "2",
@@ -209,16 +220,10 @@ def test_study_killed_at_many_points_resumes_to_the_same_rows(tmp_path) -> None:
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGINT
         out = tmp_path / f"kill{i}"
         proc = _study(out, cache)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            tried += 1
-        _, err = proc.communicate(timeout=300)
+        landed, err = _kill_and_wait(proc, delay, sig)
+        tried += landed
         where = f"point {i} ({sig.name} at {delay:.2f} s of {duration:.2f} s)"
-        if sig == signal.SIGINT and proc.returncode not in (0, -signal.SIGINT):
-            lines = [line for line in err.splitlines() if line.strip()]
-            if proc.returncode != 130 or len(lines) != 1 or not lines[0].startswith("vattn: interrupted"):
-                failures.append(f"{where}: exit {proc.returncode}, stderr {err!r}")
+        failures += _ctrl_c_problems(where, sig, proc.returncode, err)
         resumed = _study(out, cache, "--resume") if out.exists() else _study(out, cache)
         if resumed.wait(timeout=300) != 0:
             failures.append(f"{where}: resume failed: {resumed.stderr.read()}")
@@ -226,10 +231,5 @@ def test_study_killed_at_many_points_resumes_to_the_same_rows(tmp_path) -> None:
         got = _study_rows(out)
         if not got.equals(want):
             failures.append(f"{where}: rows differ from the uninterrupted study's:\n{got}\n{want}")
-        leftovers = [str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".lock"]
-        if leftovers:
-            failures.append(f"{where}: left behind {leftovers}")
-    print(f"\nfault injection (ablate schemes): {tried} kill points tried (of {STUDY_POINTS} drawn), {len(failures)} "
-          "lost or duplicated anything")
-    assert tried >= STUDY_POINTS // 2, f"only {tried} kills landed before the study ended"
-    assert not failures, failures
+        failures += _leftovers(where, out)
+    _conclude("ablate schemes", tried, STUDY_POINTS, failures)
