@@ -82,7 +82,8 @@ class Attention(nn.Module):
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project ``[B, N, D]`` to q, k, v of shape ``[B, heads, N, D/heads]``."""
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # not qkv[i]: each select's backward zero-fills a whole-size gradient
+        return q, k, v
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv_heads(x)

@@ -333,7 +333,7 @@ class PoolingAttention(nn.Module):
         heads, hd = self.num_heads, self.head_dim
         hw = grid.h * grid.w
         qkv = self.qkv(x).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)
         stride = self.stride(grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid, stride)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid, stride)
