@@ -22,6 +22,7 @@ from vattn_cli.testing import check_scheme
 from vattn_cli.zoo import create_model, get_scheme, list_schemes
 from vattn_cli.zoo.info import count_params
 from vattn_cli.zoo.scheme import BlockArgs, Grid
+from vattn_cli.zoo.schemes import trajectory
 from vattn_cli.zoo.schemes.trajectory import TrajectoryBlock, frames_per_chunk
 
 SCHEME = "trajectory"
@@ -269,6 +270,33 @@ def test_chunked_sdpa_calls_and_no_full_attention_matrix(monkeypatch) -> None:
     n = grid.patches
     computed = sum(math.prod(q[:-1]) * k[-2] for q, k, _ in calls)
     assert computed == batch * HEADS * (1 + n + n * n + n * grid.t)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_training_score_matrix_path_equals_chunked_path_and_reference(grid: Grid, monkeypatch) -> None:
+    """Small grids train through one N x N score matrix; outputs and every gradient are the
+    chunked kernel calls' (and the output the naive reference's) whichever path runs."""
+    torch.manual_seed(0)
+    block = make_block().double()
+    x = torch.randn(2, 1 + grid.patches, DIM, dtype=torch.float64)
+    results = {}
+    for tokens in (trajectory.MATRIX_TOKENS, 0):  # 0: every grid takes the chunked path
+        monkeypatch.setattr(trajectory, "MATRIX_TOKENS", tokens)
+        assert trajectory.use_score_matrix(grid) == bool(tokens)
+        block.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out = block(inputs, grid)
+        out.pow(2).sum().backward()
+        results[tokens] = (out.detach(), inputs.grad, [p.grad.clone() for p in block.parameters()])
+    (matrix_out, matrix_dx, matrix_dw), (chunk_out, chunk_dx, chunk_dw) = results.values()
+    assert (matrix_out - chunk_out).abs().max().item() < 1e-12
+    assert (matrix_out - reference_block(block, x, grid)).abs().max().item() < 1e-10
+    assert (matrix_dx - chunk_dx).abs().max().item() < 1e-10
+    assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(matrix_dw, chunk_dw))
+    monkeypatch.setattr(trajectory, "MATRIX_TOKENS", grid.patches)
+    assert trajectory.use_score_matrix(grid)
+    with torch.no_grad():  # no autograd (inference, profiling): the chunked calls
+        assert not trajectory.use_score_matrix(grid)
 
 
 def test_chunk_plan_at_base_32x224() -> None:

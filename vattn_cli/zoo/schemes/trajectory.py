@@ -40,7 +40,8 @@ space + time embedding).
 key frame (the chunk's queries against that frame's ``S`` keys, unmasked) fills the chunk's
 trajectory tensor ``[B, Nc, T, dim]``; the temporal step is one call with ``B*Nc`` batched
 single queries against ``T`` keys; the CLS is one more call. No ``N x N`` tensor is formed: at
-most one key frame's ``Nc x S`` weights per head exist at a time. Chunks hold whole query
+most one key frame's ``Nc x S`` weights per head exist at a time (a training forward on a grid of
+at most :data:`MATRIX_TOKENS` patches forms the ``N x N`` scores instead, see there). Chunks hold whole query
 frames, as many as keep the trajectory tensor under ``chunk_mb`` (at least one frame): at
 base 32x224 (``N = 6272``, ``T = 32``, dim 768) the whole tensor would be 0.6 GB per clip in
 fp32; with the default 128 MiB a chunk is 6 frames (110 MiB). A chunk's transient peak is
@@ -72,6 +73,7 @@ Deviations from the official code:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from numbers import Real
 
 import torch
@@ -84,6 +86,17 @@ from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
 from vattn_cli.zoo.steps import AttentionStep, everywhere
 
 MIB = 1 << 20
+
+#: A training forward on a grid of at most this many patches takes step 1 as one ``N x N`` score
+#: matrix (1.2x faster a training step for the tiny model at 8 x 32: one batched product instead of
+#: a kernel call per key frame, forward and backward); larger grids, every forward without
+#: autograd and every trace (FLOP counting) take the chunked kernel calls.
+MATRIX_TOKENS = 256
+
+
+def use_score_matrix(grid: Grid) -> bool:
+    """Whether step 1 is taken as one score matrix (see :data:`MATRIX_TOKENS`)."""
+    return torch.is_grad_enabled() and not torch.jit.is_tracing() and grid.t * grid.h * grid.w <= MATRIX_TOKENS
 
 
 def check_chunk_mb(value: object) -> float:
@@ -135,30 +148,48 @@ class TrajectoryAttention(nn.Module):
 
         q, k, v = q[:, :, 1:], k[:, :, 1:], v[:, :, 1:]  # patches; the CLS is no spatial key
         drop = self.attn_drop if self.training else 0.0
-        step = frames_per_chunk(b, grid, d, x.element_size(), self.chunk_mb)
-        for first in range(0, t, step):
-            fc = min(step, t - first)
-            rows = slice(first * s, (first + fc) * s)
+        for first, traj in self._trajectories(q, k, v, grid, drop):
+            fc = traj.shape[1] // s
             nc = fc * s
-            qc = q[:, :, rows]
-            # 1. trajectory tokens: the chunk's queries against each key frame's S patches
-            traj = x.new_empty(b, nc, t, h, hd)
-            for key_frame in range(t):
-                keys = slice(key_frame * s, (key_frame + 1) * s)
-                y = F.scaled_dot_product_attention(qc, k[:, :, keys], v[:, :, keys], dropout_p=drop, scale=self.scale)
-                traj[:, :, key_frame] = y.transpose(1, 2)
-            traj = traj.view(b, nc, t, d)
             # the query's own frame: y[s', t', t'], the diagonal of (query frame, key frame)
             own = torch.diagonal(traj.view(b, fc, s, t, d)[:, :, :, first:first + fc], dim1=1, dim2=3)
             own = own.permute(0, 3, 1, 2).reshape(b, nc, d)
             # 2. temporal attention along each query's trajectory, heads split after projecting
             q2 = self.proj_q(own).view(b * nc, 1, h, hd).transpose(1, 2)           # [B*Nc, h, 1, hd]
-            kv = self.proj_kv(traj).view(b * nc, t, 2, h, hd)
-            k2, v2 = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)    # [B*Nc, h, T, hd]
+            # unbind, not [:, :, i]: a select's backward zero-fills a whole-size gradient
+            k2, v2 = self.proj_kv(traj).view(b * nc, t, 2, h, hd).transpose(1, 3).unbind(2)  # [B*Nc, h, T, hd]
             out = F.scaled_dot_product_attention(q2, k2, v2, scale=self.scale)
             outs.append(out.transpose(1, 2).reshape(b, nc, d))
         return self.proj_drop(self.proj(torch.cat(outs, dim=1)))
 
+
+    def _trajectories(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid, drop: float) -> Iterator[tuple[int, Tensor]]:
+        """Step 1 for every query, as ``(first query frame, [B, Nc, T, dim] trajectory tokens)``
+        per chunk of whole query frames (``q, k, v``: the patches' ``[B, heads, N, hd]``)."""
+        b, h, n, hd = (int(x) for x in q.shape)
+        t, s = grid.t, grid.h * grid.w
+        if use_score_matrix(grid):
+            # one product for all queries and key frames: [B, h, N, N] scores, a softmax over
+            # each key frame's S of them, one batched product with each frame's values
+            weights = (q @ k.transpose(-2, -1)).mul_(self.scale).view(b, h, n, t, s).softmax(-1)
+            if drop:
+                weights = F.dropout(weights, drop)
+            traj = weights.transpose(2, 3) @ v.view(b, h, t, s, hd)                 # [B, h, T, N, hd]
+            yield 0, traj.permute(0, 3, 2, 1, 4).reshape(b, n, t, h * hd)
+            return
+        # each frame's keys and values as views (unbind's backward is one stack, where slicing
+        # would zero-fill a whole-size gradient per frame)
+        k_frames, v_frames = k.unflatten(2, (t, s)).unbind(2), v.unflatten(2, (t, s)).unbind(2)
+        step = frames_per_chunk(b, grid, h * hd, q.element_size(), self.chunk_mb)
+        for first in range(0, t, step):
+            qc = q[:, :, first * s:min(t, first + step) * s]
+            # the chunk's queries against each key frame's S patches, stacked (writes into
+            # slices of one buffer would zero-fill a whole-size gradient per key frame too)
+            traj = torch.stack([
+                F.scaled_dot_product_attention(qc, k_frame, v_frame, dropout_p=drop, scale=self.scale)
+                for k_frame, v_frame in zip(k_frames, v_frames)
+            ], dim=3)                                                                # [B, h, Nc, T, hd]
+            yield first, traj.permute(0, 2, 3, 1, 4).reshape(b, qc.shape[2], t, h * hd)
 
 @register_scheme("trajectory")
 class TrajectoryBlock(PreNormBlock):
