@@ -34,7 +34,8 @@ window has offsets (every neighbourhood mostly border), the two value convolutio
 product with the window's weights laid out as a token x token matrix
 (:func:`~vattn_cli.zoo.schemes._grid.window_matrix`): the same sums with fewer multiplies, 4-5x
 faster forward plus backward on the built-in tasks' 4 x 4 grids on CPU, where the convolution's
-backward is slow. The key convolution (``dk`` groups of ``dd`` kernels) would need
+backward is slow; on clips of more frames than the window spans, both run as one
+:func:`~vattn_cli.zoo.schemes._grid.frames_conv` instead (1.2x a training step at 8 x 32). The key convolution (``dk`` groups of ``dd`` kernels) would need
 ``dk * dd * N^2`` numbers that way; it trains through :func:`~vattn_cli.zoo.schemes._grid.frames_conv`
 instead, with matrices over one frame's tokens and shifts along time (``dk * dd * kt * (H W)^2``
 numbers). Inference (no autograd) and FLOP counting (a trace) always convolve.
@@ -126,7 +127,14 @@ class RelationalAttention(nn.Module):
         # Context: each value channel is one single-channel volume (batch-folded), so one
         # convolution serves all channels; G's output against Hv's is the projected
         # value-value self-correlation, I adds the plain values.
-        if use_matrix(grid) and t * h * w <= math.prod(self.window):
+        both = torch.cat([self.context_conv.weight, self.relation_conv.weight])  # [dd + dv, 1, *window]
+        if t > self.window[0] and frames_conv_fits(both, grid):
+            # more frames than the window spans: per-frame matrices and time shifts (T * kt frame
+            # pairs) take fewer multiplies than the whole-grid matrix (T * T); both kernels in one
+            values = rearrange(v, "b (t y x) c -> (b c) 1 t y x", t=t, y=h, x=w)
+            both = rearrange(frames_conv(values, both, grid), "1 (b c n) r -> (b n) c r", b=b, c=self.dv)
+            latent, relation = both.split([self.dd, self.dv], dim=-1)
+        elif use_matrix(grid) and t * h * w <= math.prod(self.window):
             latent, relation = (
                 torch.einsum("bqc,dqn->bncd", v, window_matrix(conv.weight[:, 0], grid)).flatten(0, 1)
                 for conv in (self.context_conv, self.relation_conv)
