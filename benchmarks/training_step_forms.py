@@ -8,7 +8,7 @@ Forms (``--forms``; each compares the form as shipped against what it replaced):
 - ``qkv``: ``Attention.qkv_heads`` splitting q, k, v with ``unbind`` against three selects (each
   select's backward zero-fills a whole-size gradient);
 - ``trajectory``: trajectory attention's N x N score matrix for small training grids against its
-  chunked per-key-frame kernel calls (``trajectory.MATRIX_TOKENS = 0``);
+  chunked per-key-frame kernel calls (``_grid.MATRIX_TOKENS = 0``);
 - ``rsa-values``: rsa's two value convolutions as one ``frames_conv`` on clips of more frames than
   the window spans against the whole-grid window matrices.
 
@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vattn_cli.engine.optim import param_groups  # noqa: E402
 from vattn_cli.zoo import create_model, layers  # noqa: E402
-from vattn_cli.zoo.schemes import rsa, trajectory  # noqa: E402
+import vattn_cli.zoo.schemes._grid as grid_module  # noqa: E402
+from vattn_cli.zoo.schemes import rsa  # noqa: E402
 
 #: form -> the schemes it is measured on (each at every --frames)
 FORMS = {
@@ -76,7 +77,7 @@ def old_side(form: str):
     if form == "qkv":
         return replaced(layers.Attention, "qkv_heads", _select_qkv)
     if form == "trajectory":
-        return replaced(trajectory, "MATRIX_TOKENS", 0)
+        return replaced(grid_module, "MATRIX_TOKENS", 0)
     if form == "rsa-values":
         return replaced(rsa, "frames_conv_fits", _no_value_frames)
     return nullcontext()  # adamw: nothing to put back in the model

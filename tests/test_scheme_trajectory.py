@@ -22,7 +22,7 @@ from vattn_cli.testing import check_scheme
 from vattn_cli.zoo import create_model, get_scheme, list_schemes
 from vattn_cli.zoo.info import count_params
 from vattn_cli.zoo.scheme import BlockArgs, Grid
-from vattn_cli.zoo.schemes import trajectory
+import vattn_cli.zoo.schemes._grid as grid_module
 from vattn_cli.zoo.schemes.trajectory import TrajectoryBlock, frames_per_chunk
 
 SCHEME = "trajectory"
@@ -280,9 +280,9 @@ def test_training_score_matrix_path_equals_chunked_path_and_reference(grid: Grid
     block = make_block().double()
     x = torch.randn(2, 1 + grid.patches, DIM, dtype=torch.float64)
     results = {}
-    for tokens in (trajectory.MATRIX_TOKENS, 0):  # 0: every grid takes the chunked path
-        monkeypatch.setattr(trajectory, "MATRIX_TOKENS", tokens)
-        assert trajectory.use_score_matrix(grid) == bool(tokens)
+    for tokens in (grid_module.MATRIX_TOKENS, 0):  # 0: every grid takes the chunked path
+        monkeypatch.setattr(grid_module, "MATRIX_TOKENS", tokens)
+        assert grid_module.use_matrix(grid) == bool(tokens)
         block.zero_grad()
         inputs = x.clone().requires_grad_()
         out = block(inputs, grid)
@@ -293,10 +293,10 @@ def test_training_score_matrix_path_equals_chunked_path_and_reference(grid: Grid
     assert (matrix_out - reference_block(block, x, grid)).abs().max().item() < 1e-10
     assert (matrix_dx - chunk_dx).abs().max().item() < 1e-10
     assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(matrix_dw, chunk_dw))
-    monkeypatch.setattr(trajectory, "MATRIX_TOKENS", grid.patches)
-    assert trajectory.use_score_matrix(grid)
+    monkeypatch.setattr(grid_module, "MATRIX_TOKENS", grid.patches)
+    assert grid_module.use_matrix(grid)
     with torch.no_grad():  # no autograd (inference, profiling): the chunked calls
-        assert not trajectory.use_score_matrix(grid)
+        assert not grid_module.use_matrix(grid)
 
 
 def test_chunk_plan_at_base_32x224() -> None:

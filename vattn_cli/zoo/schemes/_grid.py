@@ -24,8 +24,9 @@ from torch import Tensor
 from vattn_cli.errors import UsageError
 
 #: Grids of at most this many tokens train through :func:`window_matrix` (each matrix holds at
-#: most this squared numbers per kernel); larger ones, and every forward without autograd
-#: and every trace (FLOP counting), convolve.
+#: most this squared numbers per kernel), and trajectory's step 1 through one score matrix;
+#: larger ones, and every forward without autograd and every trace (FLOP counting), convolve
+#: (trajectory: its chunked kernel calls).
 MATRIX_TOKENS = 256
 
 #: :func:`frames_conv` is taken only while its matrices hold at most this many numbers (64 MB in

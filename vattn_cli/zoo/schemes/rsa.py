@@ -35,7 +35,8 @@ product with the window's weights laid out as a token x token matrix
 (:func:`~vattn_cli.zoo.schemes._grid.window_matrix`): the same sums with fewer multiplies, 4-5x
 faster forward plus backward on the built-in tasks' 4 x 4 grids on CPU, where the convolution's
 backward is slow; on clips of more frames than the window spans, both run as one
-:func:`~vattn_cli.zoo.schemes._grid.frames_conv` instead (1.2x a training step at 8 x 32). The key convolution (``dk`` groups of ``dd`` kernels) would need
+:func:`~vattn_cli.zoo.schemes._grid.frames_conv` instead (1.2x a training step at 8 x 32).
+The key convolution (``dk`` groups of ``dd`` kernels) would need
 ``dk * dd * N^2`` numbers that way; it trains through :func:`~vattn_cli.zoo.schemes._grid.frames_conv`
 instead, with matrices over one frame's tokens and shifts along time (``dk * dd * kt * (H W)^2``
 numbers). Inference (no autograd) and FLOP counting (a trace) always convolve.
@@ -127,8 +128,9 @@ class RelationalAttention(nn.Module):
         # Context: each value channel is one single-channel volume (batch-folded), so one
         # convolution serves all channels; G's output against Hv's is the projected
         # value-value self-correlation, I adds the plain values.
-        both = torch.cat([self.context_conv.weight, self.relation_conv.weight])  # [dd + dv, 1, *window]
-        if t > self.window[0] and frames_conv_fits(both, grid):
+        # both value kernels as one [dd + dv, 1, *window] weight, only where frames_conv may take them
+        both = torch.cat([self.context_conv.weight, self.relation_conv.weight]) if t > self.window[0] else None
+        if both is not None and frames_conv_fits(both, grid):
             # more frames than the window spans: per-frame matrices and time shifts (T * kt frame
             # pairs) take fewer multiplies than the whole-grid matrix (T * T); both kernels in one
             values = rearrange(v, "b (t y x) c -> (b c) 1 t y x", t=t, y=h, x=w)

@@ -41,7 +41,8 @@ key frame (the chunk's queries against that frame's ``S`` keys, unmasked) fills 
 trajectory tensor ``[B, Nc, T, dim]``; the temporal step is one call with ``B*Nc`` batched
 single queries against ``T`` keys; the CLS is one more call. No ``N x N`` tensor is formed: at
 most one key frame's ``Nc x S`` weights per head exist at a time (a training forward on a grid of
-at most :data:`MATRIX_TOKENS` patches forms the ``N x N`` scores instead, see there). Chunks hold whole query
+at most ``_grid.MATRIX_TOKENS`` patches forms the ``N x N`` scores instead: one batched product
+instead of a kernel call per key frame, 1.2x a training step for the tiny model at 8 x 32). Chunks hold whole query
 frames, as many as keep the trajectory tensor under ``chunk_mb`` (at least one frame): at
 base 32x224 (``N = 6272``, ``T = 32``, dim 768) the whole tensor would be 0.6 GB per clip in
 fp32; with the default 128 MiB a chunk is 6 frames (110 MiB). A chunk's transient peak is
@@ -83,21 +84,10 @@ from torch import Tensor, nn
 from vattn_cli.errors import UsageError
 from vattn_cli.zoo.catalog import register_scheme
 from vattn_cli.zoo.scheme import BlockArgs, Grid, PreNormBlock
+from vattn_cli.zoo.schemes._grid import use_matrix
 from vattn_cli.zoo.steps import AttentionStep, everywhere
 
 MIB = 1 << 20
-
-#: A training forward on a grid of at most this many patches takes step 1 as one ``N x N`` score
-#: matrix (1.2x faster a training step for the tiny model at 8 x 32: one batched product instead of
-#: a kernel call per key frame, forward and backward); larger grids, every forward without
-#: autograd and every trace (FLOP counting) take the chunked kernel calls.
-MATRIX_TOKENS = 256
-
-
-def use_score_matrix(grid: Grid) -> bool:
-    """Whether step 1 is taken as one score matrix (see :data:`MATRIX_TOKENS`)."""
-    return torch.is_grad_enabled() and not torch.jit.is_tracing() and grid.t * grid.h * grid.w <= MATRIX_TOKENS
-
 
 def check_chunk_mb(value: object) -> float:
     """``chunk_mb`` as a positive float, or a usage error naming it."""
@@ -162,13 +152,12 @@ class TrajectoryAttention(nn.Module):
             outs.append(out.transpose(1, 2).reshape(b, nc, d))
         return self.proj_drop(self.proj(torch.cat(outs, dim=1)))
 
-
     def _trajectories(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid, drop: float) -> Iterator[tuple[int, Tensor]]:
         """Step 1 for every query, as ``(first query frame, [B, Nc, T, dim] trajectory tokens)``
         per chunk of whole query frames (``q, k, v``: the patches' ``[B, heads, N, hd]``)."""
         b, h, n, hd = (int(x) for x in q.shape)
         t, s = grid.t, grid.h * grid.w
-        if use_score_matrix(grid):
+        if use_matrix(grid):
             # one product for all queries and key frames: [B, h, N, N] scores, a softmax over
             # each key frame's S of them, one batched product with each frame's values
             weights = (q @ k.transpose(-2, -1)).mul_(self.scale).view(b, h, n, t, s).softmax(-1)
@@ -190,6 +179,7 @@ class TrajectoryAttention(nn.Module):
                 for k_frame, v_frame in zip(k_frames, v_frames)
             ], dim=3)                                                                # [B, h, Nc, T, hd]
             yield first, traj.permute(0, 2, 3, 1, 4).reshape(b, qc.shape[2], t, h * hd)
+
 
 @register_scheme("trajectory")
 class TrajectoryBlock(PreNormBlock):
